@@ -4,14 +4,19 @@
 so a start costs well under a second), sets the torchrun variables on a free port,
 calls `init_distributed`, runs `fn(*args)` and returns the list of per-rank results. Any
 rank's exception fails the test with every failing rank's traceback; a run that
-outlives `timeout` is killed and reported with the ranks that never answered.
+outlives `timeout` has each live rank dump its Python stacks to stderr (SIGUSR1 via
+faulthandler), is killed, and is reported with the ranks that never answered.
 """
 
 from __future__ import annotations
 
+import faulthandler
 import multiprocessing as mp
 import os
+import pickle
 import queue
+import signal
+import time
 import traceback
 from typing import Any, Callable
 
@@ -26,6 +31,7 @@ def _free_port() -> int:
 
 
 def _child(fn, args, rank, world_size, port, comm_timeout, results, env) -> None:
+    faulthandler.register(signal.SIGUSR1, all_threads=True)
     os.environ.update(env)
     os.environ.update(
         RANK=str(rank), WORLD_SIZE=str(world_size), LOCAL_RANK=str(rank), LOCAL_WORLD_SIZE=str(world_size),
@@ -40,7 +46,9 @@ def _child(fn, args, rank, world_size, port, comm_timeout, results, env) -> None
 
         comm.init_distributed(dist_backend="gloo")
         result = fn(*args)
-        results.put((rank, "ok", result))
+        # Plain pickle bytes: torch's queue pickler would share tensors through file
+        # descriptors that die with this process before the parent reads them.
+        results.put((rank, "ok", pickle.dumps(result)))
     except BaseException:  # noqa: BLE001 - every failure goes back to the parent
         results.put((rank, "error", traceback.format_exc()))
     finally:
@@ -54,6 +62,17 @@ def _child(fn, args, rank, world_size, port, comm_timeout, results, env) -> None
 
 class DistributedTestError(AssertionError):
     pass
+
+
+def _dump_stacks_of_live(procs: list) -> None:
+    """Ask every rank still running to print its Python stacks (the hang's clue) to stderr."""
+    for proc in procs:
+        if proc.is_alive() and proc.pid is not None:
+            try:
+                os.kill(proc.pid, signal.SIGUSR1)
+            except ProcessLookupError:
+                pass
+    time.sleep(0.5)  # let the dumps reach stderr before the kill; no rank is waited on
 
 
 def run_distributed(
@@ -77,8 +96,6 @@ def run_distributed(
         proc.start()
     outcomes: dict[int, tuple[str, Any]] = {}
     try:
-        import time
-
         deadline = time.monotonic() + timeout
         while len(outcomes) < world_size:
             remaining = deadline - time.monotonic()
@@ -92,6 +109,11 @@ def run_distributed(
                 if dead and len(outcomes) + len(dead) >= world_size and results.empty():
                     break
     finally:
+        if len(outcomes) < world_size:
+            _dump_stacks_of_live(procs)
+            for rank, proc in enumerate(procs):
+                if rank not in outcomes and proc.is_alive():
+                    proc.kill()  # it never answered: no point waiting for a clean exit
         for proc in procs:
             proc.join(timeout=5)
             if proc.is_alive():
@@ -105,4 +127,4 @@ def run_distributed(
             lines.append(f"ranks {missing} did not answer within {timeout}s (exit codes {[p.exitcode for p in procs]})")
         lines.extend(errors)
         raise DistributedTestError("\n".join(lines))
-    return [outcomes[r][1] for r in range(world_size)]
+    return [pickle.loads(outcomes[r][1]) for r in range(world_size)]
