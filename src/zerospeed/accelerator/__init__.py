@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+from collections.abc import Mapping
 
 from zerospeed.accelerator.abstract import Accelerator
 from zerospeed.errors import ConfigError
@@ -25,22 +26,34 @@ def _build(name: str) -> Accelerator:
     return CudaAccelerator()
 
 
+def accelerator_choice(environ: Mapping[str, str] | None = None) -> tuple[str, str]:
+    """(name, why): which accelerator this process uses and the reason, without building it.
+
+    `ZEROSPEED_ACCELERATOR` wins over DeepSpeed's `DS_ACCELERATOR`; with neither set,
+    CUDA is used when torch sees a device, else CPU.
+    """
+    environ = os.environ if environ is None else environ
+    for variable in ("ZEROSPEED_ACCELERATOR", "DS_ACCELERATOR"):
+        raw = environ.get(variable)
+        if raw:
+            name = raw.strip().lower()
+            if name not in SUPPORTED:
+                raise ConfigError(
+                    f"{variable}={raw!r} is not a known accelerator; allowed: {', '.join(SUPPORTED)}"
+                )
+            return name, f"{variable}={raw} in the environment"
+    import torch
+
+    if torch.cuda.is_available():
+        return "cuda", f"detected: torch sees {torch.cuda.device_count()} CUDA device(s)"
+    return "cpu", "detected: torch sees no CUDA device"
+
+
 def get_accelerator() -> Accelerator:
     """The process-wide accelerator, built on first use."""
     global _ACCELERATOR
     if _ACCELERATOR is None:
-        requested = os.environ.get("ZEROSPEED_ACCELERATOR") or os.environ.get("DS_ACCELERATOR")
-        if requested is not None:
-            requested = requested.strip().lower()
-            if requested not in SUPPORTED:
-                raise ConfigError(
-                    f"ZEROSPEED_ACCELERATOR={requested!r} is not a known accelerator; allowed: {', '.join(SUPPORTED)}"
-                )
-        else:
-            import torch
-
-            requested = "cuda" if torch.cuda.is_available() else "cpu"
-        _ACCELERATOR = _build(requested)
+        _ACCELERATOR = _build(accelerator_choice()[0])
     return _ACCELERATOR
 
 
@@ -50,4 +63,4 @@ def set_accelerator(accelerator: Accelerator | None) -> None:
     _ACCELERATOR = accelerator
 
 
-__all__ = ["Accelerator", "get_accelerator", "set_accelerator"]
+__all__ = ["Accelerator", "accelerator_choice", "get_accelerator", "set_accelerator"]

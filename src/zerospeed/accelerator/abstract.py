@@ -69,6 +69,24 @@ class Accelerator(abc.ABC):
     def device(self, index: int | None = None) -> torch.device:
         return torch.device(self.device_name(index))
 
+    def current_device_name(self) -> str:
+        return self.device_name(self.current_device())
+
+    def is_available(self) -> bool:
+        return self.device_count() > 0
+
+    def empty_cache(self) -> None:
+        """Return cached device memory to the system (nothing to do where there is no cache)."""
+
+    def manual_seed(self, seed: int) -> None:
+        torch.manual_seed(seed)
+
+    def memory_reserved(self, index: int | None = None) -> int:
+        return self.memory_allocated(index)
+
+    def available_memory(self, index: int | None = None) -> int:
+        return max(self.total_memory(index) - self.memory_reserved(index), 0)
+
     def pin_memory(self, tensor: torch.Tensor) -> torch.Tensor:
         """Page-locked copy for fast host-device copies; identity where pinning is pointless."""
         return tensor

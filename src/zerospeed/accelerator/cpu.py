@@ -103,6 +103,9 @@ class CpuAccelerator(Accelerator):
     def total_memory(self, index: int | None = None) -> int:
         return psutil.virtual_memory().total
 
+    def available_memory(self, index: int | None = None) -> int:
+        return psutil.virtual_memory().available
+
     def Stream(self, **kwargs: Any) -> _NoStream:  # noqa: N802
         return _NoStream()
 

@@ -66,5 +66,18 @@ class CudaAccelerator(Accelerator):
     def pin_memory(self, tensor: torch.Tensor) -> torch.Tensor:
         return tensor.pin_memory()
 
+    def empty_cache(self) -> None:
+        torch.cuda.empty_cache()
+
+    def manual_seed(self, seed: int) -> None:
+        torch.cuda.manual_seed(seed)
+
+    def memory_reserved(self, index: int | None = None) -> int:
+        return torch.cuda.memory_reserved(index)
+
+    def available_memory(self, index: int | None = None) -> int:
+        free, _ = torch.cuda.mem_get_info(self.current_device() if index is None else index)
+        return free
+
     def is_pinned(self, tensor: torch.Tensor) -> bool:
         return tensor.is_pinned()

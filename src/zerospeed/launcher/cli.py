@@ -1,0 +1,50 @@
+"""`zerospeed` console script: argparse front door that dispatches to one module per subcommand.
+
+A subcommand is a module with `HELP` (one line), `add_arguments(parser)` and
+`run(args) -> int`, registered in `SUBCOMMANDS`. Modules must not import torch at import
+time, so `zerospeed --version` and `zerospeed <cmd> --help` stay fast; they import what
+they need inside `run`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+from collections.abc import Sequence
+
+from zerospeed.version import __version__
+
+# name -> module implementing it; `launch` and `consolidate` join here when they exist.
+SUBCOMMANDS: dict[str, str] = {
+    "report": "zerospeed.launcher.report",
+}
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="zerospeed",
+        description="zerospeed: DeepSpeed's API and config on a simpler runtime.",
+    )
+    parser.add_argument("--version", action="version", version=__version__, help="print the zerospeed version and exit")
+    subparsers = parser.add_subparsers(dest="command", metavar="COMMAND")
+    for name, module_name in SUBCOMMANDS.items():
+        module = importlib.import_module(module_name)
+        subparser = subparsers.add_parser(name, help=module.HELP, description=module.HELP)
+        module.add_arguments(subparser)
+        subparser.set_defaults(_run=module.run)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Parse `argv` (default: sys.argv[1:]), run the subcommand, return its exit status."""
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if args.command is None:
+        parser.print_help(sys.stderr)
+        return 2
+    return int(args._run(args) or 0)
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
