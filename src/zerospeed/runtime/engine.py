@@ -175,14 +175,14 @@ class Engine(torch.nn.Module):
         if scale_wrt_gas and self._gradient_accumulation_steps > 1:
             loss = loss / self._gradient_accumulation_steps
         boundary = self.is_gradient_accumulation_boundary()
-        reducer = self.optimizer.reducer
-        reducer.begin_backward(sync=boundary and not self._no_sync)
+        self.optimizer.begin_backward(sync=boundary and not self._no_sync)
         scaled = loss * self.loss_scaler.cur_scale if self.loss_scaler.cur_scale != 1.0 else loss
         try:
             scaled.backward(retain_graph=retain_graph)
-        finally:
-            reducer.in_backward = False
-        reducer.end_backward()
+        except BaseException:
+            self.optimizer.abort_backward()
+            raise
+        self.optimizer.end_backward()
         self.timers.stop(BACKWARD)
         return loss
 
@@ -195,7 +195,6 @@ class Engine(torch.nn.Module):
         self._step_applied = False
         if boundary:
             self._check_no_new_parameters()
-            comm.set_step(self.global_steps) if hasattr(comm, "set_step") else None
             self._step_applied = self.optimizer.step()
             if not self._step_applied:
                 self.skipped_steps += 1
@@ -313,12 +312,10 @@ class Engine(torch.nn.Module):
     def memory_report(self) -> dict[str, int]:
         """Bytes per rank of model states, counted from the buffers themselves."""
         frozen = sum(p.numel() * p.element_size() for p in self.module.parameters() if not p.requires_grad)
-        report = {"params": frozen, "grads": 0, "master": 0, "optimizer_states": 0}
+        report = {"params": 0, "grads": 0, "master": 0, "optimizer_states": 0}
         if self.optimizer is not None:
-            report["params"] += sum(m.bucket.data.numel() * m.bucket.data.element_size() for m in self.optimizer.masters)
-            report["grads"] = self.optimizer.reducer.memory_bytes()
-            report["master"] = self.optimizer.master_bytes()
-            report["optimizer_states"] = self.optimizer.state_bytes()
+            report.update(self.optimizer.memory_report())
+        report["params"] += frozen
         report["total"] = sum(report.values())
         return report
 

@@ -30,6 +30,17 @@ class OffloadPolicy:
     pin_memory: bool = False
 
 
+@dataclass(frozen=True)
+class LogicalPiece:
+    """Elements [start, end) of parameter `name` (flattened), as this rank's master holds them."""
+
+    name: str
+    shape: tuple[int, ...]
+    start: int
+    end: int
+    tensor: torch.Tensor  # fp32 master elements; the inner optimizer's state is keyed by it
+
+
 class MasterRange:
     """One bucket's master weights and the gradient the optimizer reads for them."""
 
@@ -119,6 +130,17 @@ class ZeroOptimizer:
     def zero_grad(self, set_to_none: bool = True) -> None:
         self.reducer.zero()
 
+    # -- what the engine calls around backward ------------------------------------------
+    def begin_backward(self, sync: bool) -> None:
+        self.reducer.begin_backward(sync)
+
+    def end_backward(self) -> None:
+        self.reducer.end_backward()
+
+    def abort_backward(self) -> None:
+        """Backward raised: leave the reducer ready for the next attempt."""
+        self.reducer.in_backward = False
+
     def __getattr__(self, name: str):
         # Only reached for names not found normally: forward to the torch optimizer.
         return getattr(self.__dict__["optimizer"], name)
@@ -173,7 +195,47 @@ class ZeroOptimizer:
         for work in works:
             work.wait()
 
+    # -- checkpoint view ---------------------------------------------------------------------
+    def logical_pieces(self) -> list[LogicalPiece]:
+        """Every master piece this rank owns, named by parameter and element range.
+
+        A checkpoint stores pieces under these logical coordinates, so it can be loaded
+        into any world size or stage: a loader copies the overlap of saved and owned ranges.
+        """
+        found = []
+        for master in self.masters:
+            layout = master.bucket.layout
+            for piece, (index, start, end) in zip(master.pieces, master.bucket.pieces(*master.range)):
+                offset = layout.offsets[index]
+                param = master.bucket.params[index]
+                found.append(
+                    LogicalPiece(master.bucket.names[index], tuple(param.shape), start - offset, end - offset, piece)
+                )
+        return found
+
+    def refresh_master_from_working(self) -> None:
+        """After the model's weights were overwritten (module-only load), copy them into masters."""
+        for master in self.masters:
+            if not master.shares_storage:
+                master.weights.copy_(master.bucket.data[master.range[0] : master.range[1]])
+
+    def sync_working_from_master(self) -> None:
+        """After master weights were overwritten (checkpoint load), update the model everywhere."""
+        for master in self.masters:
+            master.write_back()
+        if self.stage >= 1 and comm.get_world_size() > 1:
+            self._gather_params()
+
     # -- accounting ------------------------------------------------------------------------
+    def memory_report(self) -> dict[str, int]:
+        """Bytes this rank holds for trainable params, grads, fp32 masters, optimizer states."""
+        return {
+            "params": sum(m.bucket.data.numel() * m.bucket.data.element_size() for m in self.masters),
+            "grads": self.reducer.memory_bytes(),
+            "master": self.master_bytes(),
+            "optimizer_states": self.state_bytes(),
+        }
+
     def state_bytes(self) -> int:
         total = 0
         for state in self.optimizer.state.values():
