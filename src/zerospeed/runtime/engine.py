@@ -16,6 +16,9 @@ import torch
 from zerospeed import comm
 from zerospeed.accelerator import get_accelerator
 from zerospeed.errors import ConfigError, EngineError
+from zerospeed.monitor.engine_events import StepObserver
+from zerospeed.monitor.monitor import MonitorMaster
+from zerospeed.profiling.engine_profiler import build_flops_profiler
 from zerospeed.runtime.data import build_dataloader
 from zerospeed.runtime.model_sync import broadcast_module_state
 from zerospeed.runtime.param_groups import normalize_param_groups
@@ -25,7 +28,7 @@ from zerospeed.utils.logging import log_dist
 from zerospeed.zero.builder import build_zero_optimizer
 from zerospeed.zero.partitioned_optimizer import OffloadPolicy
 
-SUPPORTED_STAGES = (0, 1, 2)
+SUPPORTED_STAGES = (0, 1, 2, 3)
 
 
 class Engine(torch.nn.Module):
@@ -86,6 +89,9 @@ class Engine(torch.nn.Module):
         self.timers = Timers(config.wall_clock_breakdown, self.accelerator.synchronize)
         self.tput_timer = ThroughputTimer(self._train_batch_size)
         self._known_params = {id(p) for p in model.parameters()}
+        self.monitor = MonitorMaster(config)
+        self.flops_profiler = build_flops_profiler(config, self)
+        self._observer = StepObserver(self)  # monitor events, memory_breakdown, FLOP/s at each step
 
     # -- construction -------------------------------------------------------------------
     def _configure_optimizer(self, client_optimizer, model_parameters):
@@ -99,23 +105,6 @@ class Engine(torch.nn.Module):
             raise ConfigError("the optimizer has no trainable parameters (every parameter has requires_grad=False)")
         from zerospeed.runtime import optimizers
 
-        def make_inner(master_groups):
-            if isinstance(client_optimizer, torch.optim.Optimizer):
-                for group, master in zip(client_optimizer.param_groups, master_groups):
-                    group["params"] = master["params"]
-                client_optimizer.state.clear()
-                inner = client_optimizer
-            elif client_optimizer is not None:
-                inner = client_optimizer(master_groups)
-            else:
-                inner = optimizers.build_optimizer(self._config.optimizer, master_groups)
-            if self._stage >= 1 and not optimizers.is_zero_supported_optimizer(inner) and not self._config.zero_allow_untested_optimizer:
-                raise ConfigError(
-                    f"optimizer {type(inner).__name__} is not tested with ZeRO stage {self._stage}; "
-                    "set zero_allow_untested_optimizer: true to use it anyway"
-                )
-            return inner
-
         zero = self._config.zero_optimization
         offload = zero.offload_optimizer
         offload_device = getattr(offload, "device", "none") if offload is not None else "none"
@@ -125,6 +114,26 @@ class Engine(torch.nn.Module):
             )
         if offload_device == "cpu" and self._stage == 0:
             raise ConfigError("zero_optimization.offload_optimizer needs stage 1 or 2, got stage 0")
+
+        def make_inner(master_groups):
+            if isinstance(client_optimizer, torch.optim.Optimizer):
+                for group, master in zip(client_optimizer.param_groups, master_groups):
+                    group["params"] = master["params"]
+                client_optimizer.state.clear()
+                inner = client_optimizer
+            elif client_optimizer is not None:
+                inner = client_optimizer(master_groups)
+            else:
+                inner = optimizers.build_optimizer(
+                    self._config.optimizer, master_groups, cpu_offload=offload_device == "cpu"
+                )
+            if self._stage >= 1 and not optimizers.is_zero_supported_optimizer(inner) and not self._config.zero_allow_untested_optimizer:
+                raise ConfigError(
+                    f"optimizer {type(inner).__name__} is not tested with ZeRO stage {self._stage}; "
+                    "set zero_allow_untested_optimizer: true to use it anyway"
+                )
+            return inner
+
         predivide = 1.0
         if self._config.prescale_gradients:
             predivide = float(self._config.gradient_predivide_factor)
@@ -140,6 +149,7 @@ class Engine(torch.nn.Module):
             rank=self.global_rank,
             predivide=predivide,
             accelerator=self.accelerator,
+            zero_config=zero,
         )
 
     def _configure_scheduler(self, client_scheduler):
@@ -171,6 +181,7 @@ class Engine(torch.nn.Module):
             raise EngineError("engine.backward() needs an optimizer: pass optimizer= or an 'optimizer' config section")
         if not isinstance(loss, torch.Tensor) or loss.numel() != 1:
             raise EngineError(f"engine.backward(loss) needs a scalar tensor, got {_describe(loss)}")
+        self._observer.record_loss(loss)
         self.timers.start(BACKWARD)
         if scale_wrt_gas and self._gradient_accumulation_steps > 1:
             loss = loss / self._gradient_accumulation_steps
@@ -206,6 +217,7 @@ class Engine(torch.nn.Module):
         self.micro_steps += 1
         self.timers.stop(STEP)
         self.tput_timer.stop(boundary)
+        self._observer.after_step(boundary)
         if boundary and self.global_steps % self._config.steps_per_print == 0:
             self._report_progress()
 
@@ -318,6 +330,33 @@ class Engine(torch.nn.Module):
         report["params"] += frozen
         report["total"] = sum(report.values())
         return report
+
+    # -- checkpoints: thin delegates to zerospeed.checkpoint (format, resharding, async) --------------
+    def save_checkpoint(self, save_dir, tag=None, client_state={}, save_latest=True,  # noqa: B006 - DeepSpeed's signature
+                        exclude_frozen_parameters=False, async_save=False) -> bool:
+        from zerospeed.checkpoint import engine_io
+        return engine_io.save_checkpoint(self, save_dir, tag, client_state, save_latest, exclude_frozen_parameters, async_save)
+
+    def load_checkpoint(self, load_dir, tag=None, load_module_strict=True, load_optimizer_states=True,
+                        load_lr_scheduler_states=True, load_module_only=False, custom_load_fn=None):
+        from zerospeed.checkpoint import engine_io
+        return engine_io.load_checkpoint(self, load_dir, tag, load_module_strict, load_optimizer_states,
+                                         load_lr_scheduler_states, load_module_only, custom_load_fn)
+
+    def wait_for_checkpoint(self) -> None:
+        from zerospeed.checkpoint import engine_io
+        engine_io.wait_for_checkpoint(self)
+
+    def module_state_dict(self, destination=None, prefix="", keep_vars=False, exclude_frozen_parameters=False):
+        from zerospeed.checkpoint import engine_io
+        return engine_io.module_state_dict(self, destination, prefix, keep_vars, exclude_frozen_parameters)
+
+    def save_16bit_model(self, save_dir, save_filename="pytorch_model.bin", exclude_frozen_parameters=False) -> bool:
+        from zerospeed.checkpoint import engine_io
+        return engine_io.save_16bit_model(self, save_dir, save_filename, exclude_frozen_parameters)
+
+    def save_fp16_model(self, save_dir, save_filename="pytorch_model.bin") -> bool:
+        return self.save_16bit_model(save_dir, save_filename)
 
 
 DeepSpeedEngine = Engine

@@ -147,10 +147,12 @@ class ZeroOptimizer:
 
     # -- the step -----------------------------------------------------------------------
     def _global_grad_sumsq(self) -> torch.Tensor:
+        """Sum of squared reduced gradients over all ranks' partitions (inf/nan propagate)."""
         reduced = [self.reducer.grad_view(i) for i in range(len(self.masters))]
-        local = torch.zeros((), dtype=torch.float32, device=reduced[0].device if reduced else "cpu")
-        for grad in reduced:
-            local += grad.float().pow(2).sum()
+        if not reduced:
+            return torch.zeros(())
+        norms = torch._foreach_norm(reduced, 2.0)  # no full-size temporaries, unlike g.pow(2)
+        local = torch.stack([n.float() for n in norms]).pow(2).sum()
         if self.stage >= 1 and comm.get_world_size() > 1:
             comm.all_reduce(local)
         return local
