@@ -1,0 +1,189 @@
+"""Offline consolidation: full fp32 (or bf16/fp16) weights from a checkpoint, one tensor at a time.
+
+One process, no torch.distributed. Trainable parameters are rebuilt from the fp32 master
+pieces every rank saved (any world size, any stage); frozen parameters and buffers come
+from the module file. `iter_consolidated` yields tensors one by one and the safetensors
+export writes each as soon as it is built, so peak memory stays near the largest tensor
+(a pickle `.bin` export must hold the whole state dict at once).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import math
+import os
+import sys
+from typing import Iterator
+
+import torch
+from safetensors import safe_open
+
+from zerospeed.checkpoint import layout
+from zerospeed.checkpoint.files import verify_file, write_safetensors_stream
+from zerospeed.checkpoint.universal import SavedPiece, missing_ranges, plan_copies
+from zerospeed.errors import CheckpointError
+
+_DTYPES = {"fp32": torch.float32, "float32": torch.float32, "bf16": torch.bfloat16, "bfloat16": torch.bfloat16,
+           "fp16": torch.float16, "float16": torch.float16}
+_SIZE_UNITS = {"KB": 10**3, "MB": 10**6, "GB": 10**9, "TB": 10**12, "KIB": 2**10, "MIB": 2**20, "GIB": 2**30}
+
+
+def resolve_dtype(dtype) -> torch.dtype:
+    if isinstance(dtype, torch.dtype):
+        return dtype
+    if str(dtype).lower().removeprefix("torch.") not in _DTYPES:
+        raise CheckpointError(f"output dtype {dtype!r} is not supported; allowed: fp32, bf16, fp16")
+    return _DTYPES[str(dtype).lower().removeprefix("torch.")]
+
+
+def open_checkpoint(checkpoint_dir: str, tag=None) -> tuple[str, dict]:
+    """(tag directory, manifest) of `checkpoint_dir`'s `tag` (default: latest / newest complete)."""
+    resolved = layout.resolve_tag_dir(os.fspath(checkpoint_dir), tag)
+    if resolved is None:
+        raise CheckpointError(f"no complete zerospeed checkpoint in {checkpoint_dir}; tags: "
+                              f"{', '.join(layout.list_tags(checkpoint_dir)) or 'none'}")
+    return resolved[1], layout.read_manifest(resolved[1])
+
+
+class Consolidator:
+    """Builds each output tensor on demand from a checkpoint's shards and module file."""
+
+    def __init__(self, checkpoint_dir: str, tag=None, exclude_frozen_parameters: bool = False,
+                 dtype=torch.float32, verify: bool = True) -> None:
+        self.tag_dir, self.manifest = open_checkpoint(checkpoint_dir, tag)
+        self.dtype = resolve_dtype(dtype)
+        if verify:
+            for name, info in sorted(self.manifest["files"].items()):
+                verify_file(os.path.join(self.tag_dir, name), info)
+        self.saved: dict[str, list[SavedPiece]] = {}
+        for rank, shard in self.manifest.get("shards", {}).items():
+            for index, piece in enumerate(shard["pieces"]):
+                self.saved.setdefault(piece["name"], []).append(SavedPiece(piece["start"], piece["end"], int(rank), index))
+        self.master_name = {}
+        for primary, others in self.manifest.get("aliases", {}).items():
+            for name in [primary, *others]:
+                self.master_name[name] = next((n for n in [primary, *others] if n in self.saved), name)
+        frozen = set(self.manifest.get("frozen_parameters", [])) if exclude_frozen_parameters else set()
+        self.names = [n for n in self.manifest["module_tensors"] if n not in frozen]
+        self._stack = contextlib.ExitStack()
+        self._files: dict[str, object] = {}
+
+    def __enter__(self) -> "Consolidator":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self._stack.close()
+
+    def _file(self, name: str):
+        if name not in self._files:
+            path = os.path.join(self.tag_dir, name)
+            self._files[name] = self._stack.enter_context(safe_open(path, framework="pt", device="cpu"))
+        return self._files[name]
+
+    def _out_dtype(self, dtype: torch.dtype) -> torch.dtype:
+        return self.dtype if dtype.is_floating_point else dtype
+
+    def spec(self, name: str) -> tuple[str, torch.dtype, tuple[int, ...]]:
+        saved = self.manifest["module_tensors"][name]
+        dtype = getattr(torch, saved["dtype"])
+        return name, self._out_dtype(dtype), tuple(saved["shape"])
+
+    def tensor(self, name: str) -> torch.Tensor:
+        """The full tensor `name`: from fp32 masters if it is trainable, else from the module file."""
+        master = self.master_name.get(name, name)
+        if master in self.saved:
+            shape = tuple(self.manifest["parameters"][master]["shape"])
+            numel = math.prod(shape)
+            copies = plan_copies(self.saved[master], 0, numel)
+            if missing_ranges(copies, 0, numel):
+                raise CheckpointError(f"{self.tag_dir}: parameter {master} is not fully covered by the saved pieces")
+            full = torch.empty(numel, dtype=torch.float32)
+            for copy in copies:
+                handle = self._file(self.manifest["shards"][str(copy.source.rank)]["file"])
+                part = handle.get_slice(f"p{copy.source.index}.master")[copy.source_offset : copy.source_offset + copy.length]
+                full[copy.target_offset : copy.target_offset + copy.length] = part
+            return full.view(shape).to(self.dtype)
+        value = self._file(self.manifest["module_file"]).get_tensor(name)
+        return value.to(self._out_dtype(value.dtype))
+
+    def __iter__(self) -> Iterator[tuple[str, torch.Tensor]]:
+        for name in self.names:
+            yield name, self.tensor(name)
+
+
+def iter_consolidated(checkpoint_dir, tag=None, exclude_frozen_parameters=False, dtype=torch.float32):
+    """Yield `(name, full tensor)` in state-dict order, one tensor alive at a time."""
+    with Consolidator(checkpoint_dir, tag, exclude_frozen_parameters, dtype) as consolidator:
+        yield from consolidator
+
+
+def _progress(total_bytes: int, label: str):
+    if not sys.stderr.isatty():
+        return contextlib.nullcontext(None)
+    from tqdm import tqdm
+
+    return tqdm(total=total_bytes, unit="B", unit_scale=True, desc=label, file=sys.stderr)
+
+
+def _parse_size(size) -> int:
+    if isinstance(size, int):
+        return size
+    text = str(size).strip().upper()
+    for unit in sorted(_SIZE_UNITS, key=len, reverse=True):
+        if text.endswith(unit):
+            return int(float(text[: -len(unit)]) * _SIZE_UNITS[unit])
+    return int(text)
+
+
+def _shard_specs(specs: list, max_bytes: int) -> list[list]:
+    shards, current, size = [], [], 0
+    for spec in specs:
+        nbytes = math.prod(spec[2]) * torch.empty((), dtype=spec[1]).element_size()
+        if current and size + nbytes > max_bytes:
+            shards.append(current)
+            current, size = [], 0
+        current.append(spec)
+        size += nbytes
+    return shards + ([current] if current else [])
+
+
+def export(checkpoint_dir, output: str, *, tag=None, dtype=torch.float32, safe_serialization: bool = False,
+           max_shard_size="5GB", exclude_frozen_parameters: bool = False) -> list[str]:
+    """Write consolidated weights to `output` (a file if it ends in .safetensors/.bin/.pt, else a
+    directory with Hugging Face names and an index when sharded). Returns the files written."""
+    single = output.endswith((".safetensors", ".bin", ".pt", ".pth"))
+    safe = output.endswith(".safetensors") or (safe_serialization and not single)
+    with Consolidator(checkpoint_dir, tag, exclude_frozen_parameters, dtype) as consolidator:
+        specs = [consolidator.spec(name) for name in consolidator.names]
+        total = sum(math.prod(s[2]) * torch.empty((), dtype=s[1]).element_size() for s in specs)
+        shards = [specs] if single else _shard_specs(specs, _parse_size(max_shard_size))
+        base = "model" if safe else "pytorch_model"
+        suffix = ".safetensors" if safe else ".bin"
+        if single:
+            names = [output]
+        else:
+            os.makedirs(output, exist_ok=True)
+            count = len(shards)
+            names = [os.path.join(output, base + suffix)] if count == 1 else [
+                os.path.join(output, f"{base}-{i + 1:05d}-of-{count:05d}{suffix}") for i in range(count)]
+        with _progress(total, "consolidate") as bar:
+            advance = bar.update if bar is not None else None
+            for path, shard in zip(names, shards):
+                if safe:
+                    write_safetensors_stream(path, shard, consolidator.tensor, {"format": "pt"}, advance)
+                else:
+                    state = {}
+                    for name, _, _ in shard:
+                        state[name] = consolidator.tensor(name)
+                        if advance:
+                            advance(state[name].numel() * state[name].element_size())
+                    torch.save(state, path)
+        if len(names) > 1:
+            index = {"metadata": {"total_size": total},
+                     "weight_map": {s[0]: os.path.basename(p) for p, shard in zip(names, shards) for s in shard}}
+            index_path = os.path.join(output, f"{base}{suffix}.index.json")
+            with open(index_path, "w") as f:
+                json.dump(index, f, indent=2)
+            names.append(index_path)
+    return names

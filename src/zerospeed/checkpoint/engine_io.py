@@ -1,0 +1,69 @@
+"""The engine's checkpoint methods (DeepSpeed's signatures); `Engine` delegates here in one line each."""
+
+from __future__ import annotations
+
+import os
+
+import torch
+
+from zerospeed import comm
+from zerospeed.checkpoint import loader, saver
+from zerospeed.checkpoint.files import write_safetensors
+from zerospeed.checkpoint.state import gathered_module, module_tensors
+from zerospeed.utils.logging import log_dist
+
+
+def save_checkpoint(engine, save_dir, tag=None, client_state=None, save_latest=True,
+                    exclude_frozen_parameters=False, async_save=False) -> bool:
+    """Write model, optimizer pieces, scheduler, scaler, counters, RNG and client_state; every rank calls.
+
+    `async_save=True` returns after snapshotting tensors to CPU; writing and committing run in
+    a background thread that the next save, `engine.wait_for_checkpoint()` or exit waits for.
+    """
+    saver.save(engine, os.fspath(save_dir), tag, client_state, save_latest, exclude_frozen_parameters, async_save)
+    return True
+
+
+def load_checkpoint(engine, load_dir, tag=None, load_module_strict=True, load_optimizer_states=True,
+                    load_lr_scheduler_states=True, load_module_only=False, custom_load_fn=None):
+    """Returns `(checkpoint path, client_state)`, or `(None, None)` when `load_dir` holds no checkpoint."""
+    options = loader.Options(load_module_strict, load_optimizer_states, load_lr_scheduler_states,
+                             load_module_only, custom_load_fn)
+    return loader.load(engine, os.fspath(load_dir), tag, options)
+
+
+def wait_for_checkpoint(engine) -> None:
+    saver.wait_for_pending(engine)
+
+
+def module_state_dict(engine, destination=None, prefix="", keep_vars=False, exclude_frozen_parameters=False) -> dict:
+    """The module's state dict (whole parameters even at stage 3, so never a 0-element placeholder)."""
+    with gathered_module(engine.module):
+        state = engine.module.state_dict(destination=destination, prefix=prefix, keep_vars=keep_vars)
+        if any(hasattr(p, "ds_tensor") for p in engine.module.parameters()):
+            state = {k: (v.detach().clone() if isinstance(v, torch.Tensor) else v) for k, v in state.items()}
+    if exclude_frozen_parameters:
+        for name, param in engine.module.named_parameters():
+            if not param.requires_grad:
+                state.pop(prefix + name, None)
+    return state
+
+
+def save_16bit_model(engine, save_dir, save_filename="pytorch_model.bin", exclude_frozen_parameters=False) -> bool:
+    """Rank 0 writes the module's weights in the model dtype (safetensors if the name ends so); every rank calls."""
+    excluded = {n for n, p in engine.module.named_parameters() if not p.requires_grad} if exclude_frozen_parameters else set()
+    with gathered_module(engine.module):
+        if comm.get_rank() == 0:
+            tensors, _ = module_tensors(engine.module, exclude=excluded, clone=True)
+            os.makedirs(save_dir, exist_ok=True)
+            path = os.path.join(save_dir, save_filename)
+            temp = path + ".tmp"
+            if save_filename.endswith(".safetensors"):
+                write_safetensors(temp, tensors, {"format": "pt"})
+            else:
+                torch.save(tensors, temp)
+            os.replace(temp, path)
+            log_dist(f"saved 16-bit model weights to {path}")
+    if comm.get_world_size() > 1:
+        comm.barrier()
+    return True
