@@ -290,10 +290,7 @@ def _build_trainer(args, model, world):
             total += loss.item()
         return total
 
-    def state_bytes():
-        return "n/a" if snapshot.get("n/a") else dict(snapshot)
-
-    return train_step, state_bytes, info
+    return train_step, lambda: dict(snapshot), info
 
 
 def engine_model_state_bytes(impl: str, engine) -> dict:
@@ -363,7 +360,10 @@ def worker_main(argv=None) -> int:
         train_peak = _vm_hwm_mb() if hwm_reset else float("nan")
         peak = max(setup_peak, _ru_maxrss_mb(), train_peak if hwm_reset else 0.0)
         measured = state_bytes()
-        measured_total = -1.0 if measured == "n/a" else float(sum(measured.values()))
+        if measured.get("n/a"):
+            measured, measured_total = "n/a", -1.0
+        else:  # memory_report() may carry its own "total"; never count it twice
+            measured_total = float(measured.get("total", sum(measured.values())))
         mem = torch.tensor([[peak, train_peak, base_rss, measured_total]], dtype=torch.float64)
         gathered = [torch.zeros_like(mem) for _ in range(world)]
         dist.all_gather(gathered, mem)
@@ -462,21 +462,28 @@ IMPORT_SNIPPETS = {
 
 
 def measure_import_times(names: list[str], repeats: int) -> dict[str, dict]:
-    """Median seconds to import each module in a fresh interpreter (timed inside it, startup excluded)."""
-    out = {}
-    for name in names:
-        code = ("import time; t0 = time.perf_counter()\n" + IMPORT_SNIPPETS[name].replace("; ", "\n")
-                + "\nprint(time.perf_counter() - t0)")
-        samples, error = [], None
-        for _ in range(repeats):
+    """Median seconds to import each module in a fresh interpreter (timed inside it, start-up excluded).
+
+    The repeats go round-robin over the names, so a burst of load from other processes hits
+    every name alike instead of one.
+    """
+    samples: dict[str, list[float]] = {name: [] for name in names}
+    errors: dict[str, str] = {}
+    for _ in range(repeats):
+        for name in names:
+            if name in errors:
+                continue
+            code = ("import time; t0 = time.perf_counter()\n" + IMPORT_SNIPPETS[name].replace("; ", "\n")
+                    + "\nprint(time.perf_counter() - t0)")
             res = subprocess.run([sys.executable, "-c", code], env=driver_env(), capture_output=True, text=True)
             if res.returncode != 0:
-                error = (res.stderr.strip().splitlines() or ["?"])[-1]
-                break
-            samples.append(float(res.stdout.strip().splitlines()[-1]))
-        out[name] = ({"median_s": round(statistics.median(samples), 3), "samples_s": [round(s, 3) for s in samples]}
-                     if error is None else {"error": error})
-    return out
+                errors[name] = (res.stderr.strip().splitlines() or ["?"])[-1]
+            else:
+                samples[name].append(float(res.stdout.strip().splitlines()[-1]))
+    return {name: ({"error": errors[name]} if name in errors else
+                   {"median_s": round(statistics.median(samples[name]), 3),
+                    "samples_s": [round(s, 3) for s in samples[name]]})
+            for name in names}
 
 
 def add_driver_args(p: argparse.ArgumentParser) -> None:
