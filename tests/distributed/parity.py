@@ -127,3 +127,46 @@ def zerospeed_run(steps: int, micro: int, gas: int, lr: float, clip: float, two_
     }
     params = {n: p.detach().float().clone() for n, p in engine.module.named_parameters()}
     return losses, params, facts
+
+
+class PairsMpu:
+    """A model-parallel unit that splits the world into independent data-parallel pairs."""
+
+    def __init__(self) -> None:
+        from zerospeed import comm
+
+        world, rank = comm.get_world_size(), comm.get_rank()
+        groups = [comm.new_group([r, r + 1]) for r in range(0, world, 2)]
+        self.group = groups[rank // 2]
+
+    def get_data_parallel_group(self):
+        return self.group
+
+    def get_data_parallel_world_size(self) -> int:
+        return 2
+
+    def get_data_parallel_rank(self) -> int:
+        from zerospeed import comm
+
+        return comm.get_rank() % 2
+
+
+def zerospeed_pairs_run(steps: int, stage: int) -> tuple[list[float], dict[str, torch.Tensor]]:
+    """Two independent 2-rank data-parallel jobs inside a 4-rank world, through `mpu`."""
+    import zerospeed
+    from zerospeed import comm
+
+    mpu = PairsMpu()
+    rank = comm.get_rank() % 2
+    model = make_model()
+    config = {
+        "train_micro_batch_size_per_gpu": 2, "gradient_clipping": 0.5, "steps_per_print": 1000,
+        "optimizer": {"type": "AdamW", "params": {"lr": 3e-3, "weight_decay": 0.01}},
+        "zero_optimization": {"stage": stage, "reduce_bucket_size": 300},
+    }
+    engine, *_ = zerospeed.initialize(model=model, model_parameters=model.parameters(), config=config, mpu=mpu)
+    for step in range(steps):
+        tokens, targets = global_micro_batch(step, 0, 4)
+        engine.backward(engine(tokens[rank * 2 : rank * 2 + 2], targets[rank * 2 : rank * 2 + 2], use_sometimes(step)))
+        engine.step()
+    return {n: p.detach().float().clone() for n, p in engine.module.named_parameters()}

@@ -32,7 +32,7 @@ def test_api_surface():
     assert out["boundaries"] == [False, True, False, True]
     assert out["mom"] == [0.9]
     assert out["after_set_gas"] == 4
-    assert "set_train_batch_size(6)" in out["set_bad_batch"] and "4" in out["set_bad_batch"]
+    assert "set_train_batch_size(6)" in out["set_bad_batch"] and "= 4" in out["set_bad_batch"]
     assert "no_sync()" in out["no_sync_stage2"] and "stage 2" in out["no_sync_stage2"]
     assert "late.weight" in out["late_param"] and "after initialize()" in out["late_param"]
     assert "zero_allow_untested_optimizer" in out["untested_optimizer"]

@@ -66,3 +66,14 @@ def test_half_precision_tracks_fp32(dtype, rtol):
     reference = reference_run(6, 2, 2, 1, LR, 0.0, False)
     assert half[0][0] == pytest.approx(reference[0], rel=rtol)
     assert half[0][2]["skipped_steps"] == 0
+
+
+@pytest.mark.slow
+def test_mpu_data_parallel_groups_reduce_only_within_their_group():
+    from tests.distributed.parity import zerospeed_pairs_run
+
+    results = run_distributed(zerospeed_pairs_run, 4, 6, 2)
+    _, ref_params = reference_run(6, 2, 2, 1, LR, 0.5, False)
+    for params in results:
+        for name, ref in ref_params.items():
+            torch.testing.assert_close(params[name], ref, rtol=1e-5, atol=1e-6, msg=f"parameter {name}")

@@ -51,11 +51,16 @@ class Engine(torch.nn.Module):
         self.module = model
         self._config = config
         self.accelerator = get_accelerator()
+        self.mpu = mpu
+        # Data parallelism runs over mpu's data-parallel group when one is given (pipeline or
+        # tensor parallel layouts); the gradient norm also sums over its model-parallel group.
+        self.dp_group = mpu.get_data_parallel_group() if mpu is not None else None
+        self.model_parallel_group = _model_parallel_group(mpu)
         self.world_size = comm.get_world_size()
+        self.dp_world_size = comm.get_world_size(self.dp_group)
         self.global_rank = comm.get_rank()
+        self.dp_rank = comm.get_rank(self.dp_group)
         self.local_rank = comm.get_local_rank()
-        if mpu is not None and mpu.get_data_parallel_world_size() != self.world_size:
-            raise ConfigError("initialize(mpu=...) with model parallelism is not supported yet; data parallelism only")
         self.device = self.accelerator.device(self.local_rank if self.accelerator.name != "cpu" else None)
         self.policy, self.loss_scaler = precision_from_config(config)
         self._train_batch_size = config.train_batch_size
@@ -76,14 +81,14 @@ class Engine(torch.nn.Module):
             )
 
         model.to(self.device)
-        broadcast_module_state(model)
+        broadcast_module_state(model, group=self.dp_group)
         self.optimizer = self._configure_optimizer(optimizer, model_parameters)
         model.to(self.policy.param_dtype)  # frozen params and buffers; trainable ones already are
         self.lr_scheduler = self._configure_scheduler(lr_scheduler)
         self.training_dataloader = None
         if training_data is not None:
             self.training_dataloader = build_dataloader(
-                training_data, self._micro_batch_size, self.world_size, self.global_rank,
+                training_data, self._micro_batch_size, self.dp_world_size, self.dp_rank,
                 collate_fn=collate_fn, drop_last=config.dataloader_drop_last,
             )
         self.timers = Timers(config.wall_clock_breakdown, self.accelerator.synchronize)
@@ -145,10 +150,12 @@ class Engine(torch.nn.Module):
             loss_scaler=self.loss_scaler,
             clip_norm=float(self._config.gradient_clipping or 0.0),
             offload=OffloadPolicy(offload_device, bool(getattr(offload, "pin_memory", False))),
-            world_size=self.world_size,
-            rank=self.global_rank,
+            world_size=self.dp_world_size,
+            rank=self.dp_rank,
             predivide=predivide,
             accelerator=self.accelerator,
+            dp_group=self.dp_group,
+            model_parallel_group=self.model_parallel_group,
             zero_config=zero,
         )
 
@@ -275,11 +282,11 @@ class Engine(torch.nn.Module):
         return self._gradient_accumulation_steps
 
     def set_train_batch_size(self, train_batch_size: int) -> None:
-        per_step = self._micro_batch_size * self.world_size
+        per_step = self._micro_batch_size * self.dp_world_size
         if train_batch_size % per_step != 0:
             raise ConfigError(
                 f"set_train_batch_size({train_batch_size}): must be a multiple of micro batch "
-                f"{self._micro_batch_size} x world size {self.world_size} = {per_step}"
+                f"{self._micro_batch_size} x data-parallel size {self.dp_world_size} = {per_step}"
             )
         self._train_batch_size = train_batch_size
         self._gradient_accumulation_steps = train_batch_size // per_step
@@ -360,6 +367,15 @@ class Engine(torch.nn.Module):
 
 
 DeepSpeedEngine = Engine
+
+
+def _model_parallel_group(mpu):
+    """The group of ranks holding other parameters than this one (None when there are none)."""
+    if mpu is None or not hasattr(mpu, "get_model_parallel_group"):
+        return None
+    if hasattr(mpu, "get_model_parallel_world_size") and mpu.get_model_parallel_world_size() == 1:
+        return None
+    return mpu.get_model_parallel_group()
 
 
 def _cast_floating(value, dtype: torch.dtype):

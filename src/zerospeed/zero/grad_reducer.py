@@ -45,6 +45,7 @@ class ReducePlan:
     comm_dtype: torch.dtype
     predivide: float  # divide before the collective (prescale_gradients / predivide factor)
     postdivide: float  # divide after it, so that the total is world_size
+    group: object = None  # the data-parallel process group (None: the whole world)
 
 
 class GradReducer:
@@ -127,9 +128,9 @@ class GradReducer:
         if self.plan.predivide != 1.0:
             wire.div_(self.plan.predivide)
         if self.plan.stage == 0:
-            work = comm.all_reduce(wire, async_op=True)
+            work = comm.all_reduce(wire, group=self.plan.group, async_op=True)
         else:
-            work = comm.reduce_scatter_tensor(state.bucket.local_partition(wire), wire, async_op=True)
+            work = comm.reduce_scatter_tensor(state.bucket.local_partition(wire), wire, group=self.plan.group, async_op=True)
         state.launched = True
         self._pending.append((state, work, wire))
 

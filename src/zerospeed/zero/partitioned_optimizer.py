@@ -95,8 +95,12 @@ class ZeroOptimizer:
         stage: int,
         loss_scaler: LossScaler,
         clip_norm: float,
+        dp_group=None,
+        model_parallel_group=None,
     ) -> None:
         self.optimizer = inner
+        self.dp_group = dp_group
+        self.model_parallel_group = model_parallel_group
         self.masters = masters  # in the reducer's bucket order
         self.reducer = reducer
         self.stage = stage
@@ -153,8 +157,10 @@ class ZeroOptimizer:
             return torch.zeros(())
         norms = torch._foreach_norm(reduced, 2.0)  # no full-size temporaries, unlike g.pow(2)
         local = torch.stack([n.float() for n in norms]).pow(2).sum()
-        if self.stage >= 1 and comm.get_world_size() > 1:
-            comm.all_reduce(local)
+        if self.stage >= 1 and comm.get_world_size(self.dp_group) > 1:
+            comm.all_reduce(local, group=self.dp_group)  # partitions differ across data ranks
+        if self.model_parallel_group is not None and comm.get_world_size(self.model_parallel_group) > 1:
+            comm.all_reduce(local, group=self.model_parallel_group)  # other stages hold other params
         return local
 
     def step(self) -> bool:
@@ -183,7 +189,7 @@ class ZeroOptimizer:
         self.optimizer.step()
         for master in self.masters:
             master.write_back()
-        if self.stage >= 1 and comm.get_world_size() > 1:
+        if self.stage >= 1 and comm.get_world_size(self.dp_group) > 1:
             self._gather_params()
         self.reducer.zero()
         self.loss_scaler.update_scale(False)
@@ -191,7 +197,9 @@ class ZeroOptimizer:
 
     def _gather_params(self) -> None:
         works = [
-            comm.all_gather_into_tensor(m.bucket.data, m.bucket.local_partition(m.bucket.data), async_op=True)
+            comm.all_gather_into_tensor(
+                m.bucket.data, m.bucket.local_partition(m.bucket.data), group=self.dp_group, async_op=True
+            )
             for m in self.masters
         ]
         for work in works:
@@ -225,7 +233,7 @@ class ZeroOptimizer:
         """After master weights were overwritten (checkpoint load), update the model everywhere."""
         for master in self.masters:
             master.write_back()
-        if self.stage >= 1 and comm.get_world_size() > 1:
+        if self.stage >= 1 and comm.get_world_size(self.dp_group) > 1:
             self._gather_params()
 
     # -- accounting ------------------------------------------------------------------------
