@@ -53,11 +53,16 @@ def build_zero_optimizer(
     predivide: float,
     accelerator,
     zero_config=None,
+    dp_group=None,
+    model_parallel_group=None,
 ) -> ZeroOptimizer:
     """Flatten `groups` into buckets and build the optimizer that steps on them.
 
     `groups` are dicts with "params" (trainable, deduplicated) and optimizer options;
     `make_inner(master_groups)` returns the torch optimizer over master pieces.
+    `dp_group` is the data-parallel group gradients are reduced over (None: the world);
+    `model_parallel_group` holds the ranks with *other* parameters (pipeline stages), over
+    which the gradient norm is summed too.
     Stage 3 is built by `zero.stage3.builder` from the same arguments plus the stage-3
     knobs of `zero_config` (the validated zero_optimization section).
     """
@@ -67,7 +72,7 @@ def build_zero_optimizer(
         return build_stage3_optimizer(
             module, groups, make_inner, policy=policy, loss_scaler=loss_scaler, clip_norm=clip_norm,
             offload=offload, world_size=world_size, rank=rank, predivide=predivide, accelerator=accelerator,
-            settings=Stage3Settings.from_config(zero_config),
+            settings=Stage3Settings.from_config(zero_config), group=dp_group,
         )
     names = {id(p): n for n, p in module.named_parameters(remove_duplicate=False)}
     bucket_numel = max(1, min(int(reduce_bucket_size), MAX_BUCKET_NUMEL))
@@ -86,6 +91,7 @@ def build_zero_optimizer(
         comm_dtype=policy.comm_dtype,
         predivide=predivide,
         postdivide=world_size / predivide,
+        group=dp_group,
     )
     reducer = GradReducer(buckets, plan)
     master_groups = []
@@ -94,4 +100,6 @@ def build_zero_optimizer(
         pieces = [piece for m, g in zip(masters, master_group) if g == group_index for piece in m.pieces]
         master_groups.append({"params": pieces, **options})
     inner = make_inner(master_groups)
-    return ZeroOptimizer(inner, masters, reducer, stage, loss_scaler, clip_norm)
+    return ZeroOptimizer(
+        inner, masters, reducer, stage, loss_scaler, clip_norm, dp_group=dp_group, model_parallel_group=model_parallel_group
+    )
