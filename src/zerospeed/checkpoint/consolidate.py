@@ -104,7 +104,8 @@ class Consolidator:
                 part = handle.get_slice(f"p{copy.source.index}.master")[copy.source_offset : copy.source_offset + copy.length]
                 full[copy.target_offset : copy.target_offset + copy.length] = part
             return full.view(shape).to(self.dtype)
-        value = self._file(self.manifest["module_file"]).get_tensor(name)
+        stored = self.manifest.get("module_ties", {}).get(name, name)
+        value = self._file(self.manifest["module_file"]).get_tensor(stored)
         return value.to(self._out_dtype(value.dtype))
 
     def __iter__(self) -> Iterator[tuple[str, torch.Tensor]]:

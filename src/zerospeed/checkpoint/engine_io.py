@@ -54,7 +54,8 @@ def save_16bit_model(engine, save_dir, save_filename="pytorch_model.bin", exclud
     excluded = {n for n, p in engine.module.named_parameters() if not p.requires_grad} if exclude_frozen_parameters else set()
     with gathered_module(engine.module):
         if comm.get_rank() == 0:
-            tensors, _ = module_tensors(engine.module, exclude=excluded, clone=True)
+            tensors, _, ties = module_tensors(engine.module, exclude=excluded, clone=True)
+            tensors.update({name: tensors[first] for name, first in ties.items()})
             os.makedirs(save_dir, exist_ok=True)
             path = os.path.join(save_dir, save_filename)
             temp = path + ".tmp"

@@ -172,6 +172,8 @@ def _load_module(engine, plan: Plan, options: Options) -> None:
     path = os.path.join(plan.tag_dir, plan.manifest["module_file"])
     with safe_open(path, framework="pt", device="cpu") as f:
         state = {name: f.get_tensor(name) for name in f.keys()}
+    for name, first in plan.manifest.get("module_ties", {}).items():
+        state[name] = state[first]
     with gathered_module(engine.module, modify=True):
         if options.custom_load_fn is not None:
             options.custom_load_fn(src=state, dst=engine.module)

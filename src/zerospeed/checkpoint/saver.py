@@ -50,7 +50,7 @@ class Snapshot:
     save_latest: bool
     shard: dict[str, torch.Tensor]
     shard_meta: dict
-    model: dict[str, torch.Tensor] | None = None  # rank 0 only
+    model: dict[str, torch.Tensor] | None = None  # rank 0 only (tied tensors once)
     engine_state: bytes | None = None  # rank 0 only
     manifest: dict = field(default_factory=dict)  # rank 0 only: the fields known before writing
     stall_s: float = 0.0
@@ -133,6 +133,14 @@ def _engine_state_bytes(engine, client_state: dict, extra: dict) -> bytes:
     return buffer.getvalue()
 
 
+def _with_ties(model: dict[str, torch.Tensor], ties: dict[str, str]) -> dict[str, torch.Tensor]:
+    """Every module tensor by name, tied names included (mapped to their first name's tensor)."""
+    out = dict(model)
+    for name, first in ties.items():
+        out[name] = model[first]
+    return out
+
+
 def _aliases(module: torch.nn.Module) -> dict[str, list[str]]:
     names: dict[int, list[str]] = {}
     for name, param in module.named_parameters(remove_duplicate=False):
@@ -140,7 +148,7 @@ def _aliases(module: torch.nn.Module) -> dict[str, list[str]]:
     return {group[0]: group[1:] for group in names.values() if len(group) > 1}
 
 
-def _manifest_base(engine, tag: str, model: dict[str, torch.Tensor], excluded: list[str]) -> dict:
+def _manifest_base(engine, tag: str, model: dict[str, torch.Tensor], ties: dict[str, str], excluded: list[str]) -> dict:
     policy = engine.policy
     optimizer = engine.optimizer
     return {
@@ -153,7 +161,8 @@ def _manifest_base(engine, tag: str, model: dict[str, torch.Tensor], excluded: l
             "class": type(optimizer.optimizer).__name__, "param_groups": len(optimizer.param_groups)},
         "module_file": layout.MODEL_FILE,
         "module_tensors": {name: {"shape": list(t.shape), "dtype": str(t.dtype).removeprefix("torch.")}
-                           for name, t in model.items()},
+                           for name, t in _with_ties(model, ties).items()},
+        "module_ties": ties,
         "aliases": _aliases(engine.module),
         "frozen_parameters": [n for n, p in engine.module.named_parameters() if not p.requires_grad],
         "excluded_frozen_parameters": excluded,
@@ -177,10 +186,10 @@ def take_snapshot(engine, save_dir: str, tag: str, run_id: str, client_state: di
     excluded = [n for n, p in engine.module.named_parameters() if not p.requires_grad] if exclude_frozen else []
     with gathered_module(engine.module):
         if rank == 0:
-            tensors, extra = module_tensors(engine.module, exclude=set(excluded), clone=clone)
+            tensors, extra, ties = module_tensors(engine.module, exclude=set(excluded), clone=clone)
             snap.model = tensors
             snap.engine_state = _engine_state_bytes(engine, client_state, extra)
-            snap.manifest = _manifest_base(engine, tag, tensors, excluded)
+            snap.manifest = _manifest_base(engine, tag, tensors, ties, excluded)
     snap.stall_s = time.perf_counter() - started
     return snap
 

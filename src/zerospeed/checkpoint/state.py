@@ -23,20 +23,28 @@ def gathered_module(module: torch.nn.Module, modify: bool = False) -> contextlib
 
 def module_tensors(
     module: torch.nn.Module, exclude: set[str] = frozenset(), clone: bool = False,
-) -> tuple[dict[str, torch.Tensor], dict]:
-    """(tensors, non-tensor extra state) of `module.state_dict()`, minus `exclude`.
+) -> tuple[dict[str, torch.Tensor], dict, dict[str, str]]:
+    """(tensors, non-tensor extra state, ties) of `module.state_dict()`, minus `exclude`.
 
-    Parameters are views into flat ZeRO buckets: `clone` copies just their elements (a
-    torch.save of a view would pickle the whole bucket); without it the views are
-    returned and must be written before the next step.
+    A tensor that is the same storage as an earlier one (a tied embedding / LM head) is
+    stored once: `ties` maps its name to the first name. Parameters are views into flat
+    ZeRO buckets: `clone` copies just their elements (a torch.save of a view would pickle
+    the whole bucket); without it the views are returned and must be written before the
+    next step.
     """
-    tensors, extra = {}, {}
+    tensors, extra, ties = {}, {}, {}
+    seen: dict[tuple, str] = {}
     for name, value in module.state_dict().items():
         if name in exclude:
             continue
-        if isinstance(value, torch.Tensor):
-            value = value.detach()
-            tensors[name] = value.to("cpu", copy=True).contiguous() if clone else value
-        else:
+        if not isinstance(value, torch.Tensor):
             extra[name] = value
-    return tensors, extra
+            continue
+        value = value.detach()
+        identity = (value.data_ptr(), value.dtype, tuple(value.shape), tuple(value.stride()))
+        if value.numel() and identity in seen:
+            ties[name] = seen[identity]
+            continue
+        seen[identity] = name
+        tensors[name] = value.to("cpu", copy=True).contiguous() if clone else value
+    return tensors, extra, ties

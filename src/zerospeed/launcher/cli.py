@@ -18,6 +18,7 @@ from zerospeed.version import __version__
 # name -> module implementing it; `launch` and `consolidate` join here when they exist.
 SUBCOMMANDS: dict[str, str] = {
     "report": "zerospeed.launcher.report",
+    "consolidate": "zerospeed.checkpoint.cli",
 }
 
 

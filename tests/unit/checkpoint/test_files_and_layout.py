@@ -95,3 +95,16 @@ def test_manifest_checks(tmp_path):
     (directory / layout.MANIFEST).write_text("[]")
     with pytest.raises(CheckpointError, match="is not a zerospeed.checkpoint manifest"):
         layout.read_manifest(str(directory))
+
+
+def test_module_tensors_store_tied_weights_once():
+    from zerospeed.checkpoint.state import module_tensors
+
+    module = torch.nn.Module()
+    module.embed = torch.nn.Embedding(5, 3)
+    module.head = torch.nn.Linear(3, 5, bias=False)
+    module.head.weight = module.embed.weight
+    module.register_buffer("count", torch.zeros(2))
+    tensors, extra, ties = module_tensors(module, clone=True)
+    assert sorted(tensors) == ["count", "embed.weight"] and ties == {"head.weight": "embed.weight"} and extra == {}
+    assert tensors["embed.weight"].data_ptr() != module.embed.weight.data_ptr()
