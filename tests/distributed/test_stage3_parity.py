@@ -50,10 +50,17 @@ def stage3_run(steps, micro, gas, lr, clip, two_groups, zero, extra=None, use_in
         comm.all_reduce(total)
         losses.append(float(total) / (gas * world))
     released = {n: p.data.numel() for n, p in engine.module.named_parameters()}
+    tokens, targets = global_micro_batch(999, 0, micro * world)
+    with torch.no_grad():  # eval forward: fetch/release without backward, same numbers as gathered weights
+        eval_loss = float(engine(tokens, targets, True))
+        with zerospeed.zero.GatheredParameters(list(engine.module.parameters())):
+            gathered_loss = float(engine.module(tokens, targets, True))
     with zerospeed.zero.GatheredParameters(list(engine.module.parameters())):
         params = {n: p.detach().float().clone() for n, p in engine.module.named_parameters()}
     facts = {"skipped_steps": engine.skipped_steps, "memory": engine.memory_report(), "released": released,
-             "init_shards": shard_numels, "global_steps": engine.global_steps}
+             "init_shards": shard_numels, "global_steps": engine.global_steps,
+             "eval_matches": eval_loss == gathered_loss,
+             "released_after_eval": all(p.data.numel() == 0 for p in engine.module.parameters() if not p.ds_persist)}
     return losses, params, facts
 
 
@@ -84,5 +91,6 @@ def test_stage3_fp32_matches_single_process_torch(world, micro, gas, clip, two_g
         _assert_parity(result, reference)
     facts = results[0][2]
     assert facts["skipped_steps"] == 0 and facts["global_steps"] == STEPS
+    assert facts["eval_matches"] and facts["released_after_eval"]
     if zero.get("stage3_param_persistence_threshold") == 0:  # nothing stays gathered between steps
         assert all(n == 0 for n in facts["released"].values()), facts["released"]
