@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import sys
 from typing import Any
 
 import torch
@@ -73,9 +74,17 @@ def initialize(
         if dist_init_required is False:
             raise ConfigError("dist_init_required=False but torch.distributed is not initialized")
         comm.init_distributed(distributed_port=distributed_port)
+    engine_class = Engine
+    pipe_module = sys.modules.get("zerospeed.pipe.module")  # not imported: model cannot be a PipelineModule
+    if pipe_module is not None and isinstance(model, pipe_module.PipelineModule):
+        if mpu is not None:
+            raise ConfigError("initialize(mpu=...) must be None for a PipelineModule: its topology defines the groups")
+        from zerospeed.pipe.engine import PipelineEngine
+
+        engine_class, mpu = PipelineEngine, model.mpu()
     world = mpu.get_data_parallel_world_size() if mpu is not None else comm.get_world_size()
     resolved = parsed.resolved(world, _auto_values(optimizer, training_data))
-    engine = Engine(
+    engine = engine_class(
         model, resolved, optimizer=optimizer, model_parameters=model_parameters, lr_scheduler=lr_scheduler,
         training_data=training_data, collate_fn=collate_fn, mpu=mpu,
     )
