@@ -50,6 +50,7 @@ class Engine(torch.nn.Module):
             raise ConfigError(f"initialize(model=...) needs a torch.nn.Module, got {type(model).__name__}")
         self.module = model
         self._config = config
+        comm.configure_logger(config.comms_logger)  # comms_logger section: what the comm log records and prints
         self.accelerator = get_accelerator()
         self.mpu = mpu
         # Data parallelism runs over mpu's data-parallel group when one is given (pipeline or
@@ -225,7 +226,8 @@ class Engine(torch.nn.Module):
         self.timers.stop(STEP)
         self.tput_timer.stop(boundary)
         self._observer.after_step(boundary)
-        if boundary and self.global_steps % self._config.steps_per_print == 0:
+        every = self._config.steps_per_print
+        if boundary and every and self.global_steps % every == 0:
             self._report_progress()
 
     def _check_no_new_parameters(self) -> None:
@@ -246,6 +248,8 @@ class Engine(torch.nn.Module):
             summary = self.timers.summary([FORWARD, BACKWARD, STEP])
             text = " | ".join(f"{k}: {v['mean']:.1f}ms (min {v['min']:.1f}, max {v['max']:.1f})" for k, v in summary.items())
             log_dist(f"time per {self._config.steps_per_print} steps: {text}")
+        if self._config.comms_logger.enabled:
+            comm.log_summary()  # rank 0 prints the per-op, per-size table (no collective)
 
     # -- accumulation control --------------------------------------------------------------
     def is_gradient_accumulation_boundary(self) -> bool:
