@@ -33,7 +33,7 @@ def test_gather_copy_out_and_scatter_in_round_trip(numels, world):
         shards.append(torch.cat([shard_of(v, n, world, rank) for v, n in zip(values, numels)]))
         assert shards[-1].numel() == layout.shard_numel
     gathered = torch.cat(shards)  # what all_gather_into_tensor produces: rank-major
-    for value, full in zip(values, copy_out(gathered, layout)):
+    for value, full in zip(values, copy_out(gathered, layout, torch.empty(layout.numel))):
         assert torch.equal(full, value)
     staging = torch.zeros(layout.gathered_numel)
     for index, value in enumerate(values):

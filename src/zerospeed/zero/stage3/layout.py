@@ -53,6 +53,10 @@ class UnitLayout:
         return self.shard_numel * self.world_size
 
     @property
+    def numel(self) -> int:
+        return sum(self.numels)
+
+    @property
     def single(self) -> bool:
         """One parameter: the gathered buffer already is that parameter, padded."""
         return len(self.numels) == 1
@@ -63,14 +67,21 @@ class UnitLayout:
         return start, start + valid_in_chunk(self.numels[index], self.world_size, rank)
 
 
-def copy_out(gathered: torch.Tensor, layout: UnitLayout) -> list[torch.Tensor]:
-    """Each parameter's full flat values (numel long) from a rank-major gathered buffer."""
-    if layout.single:
-        return [gathered[: layout.numels[0]]]
+def copy_out(gathered: torch.Tensor, layout: UnitLayout, out: torch.Tensor) -> list[torch.Tensor]:
+    """Write each parameter's full values from a rank-major gathered buffer into `out`
+    (parameters end to end, `layout.numel` long); returns each parameter's flat view of `out`."""
+    flats, cursor = [], 0
     rows = gathered.view(layout.world_size, layout.shard_numel)
-    flats = []
     for numel, chunk, offset in zip(layout.numels, layout.chunks, layout.offsets):
-        flats.append(rows[:, offset : offset + chunk].reshape(-1)[:numel])  # reshape copies the column
+        flat = out[cursor : cursor + numel]
+        full_rows = numel // chunk if chunk else 0
+        if full_rows:
+            flat[: full_rows * chunk].view(full_rows, chunk).copy_(rows[:full_rows, offset : offset + chunk])
+        rest = numel - full_rows * chunk
+        if rest:
+            flat[full_rows * chunk :].copy_(rows[full_rows, offset : offset + rest])
+        flats.append(flat)
+        cursor += numel
     return flats
 
 

@@ -4,10 +4,10 @@ A `ParamUnit` owns one shard buffer holding this rank's chunk of each member par
 (`param.ds_tensor` is a view into it). Its verbs are explicit, FSDP2 style:
 `start_fetch()` issues the all-gather, `fetch()` completes it and points every
 `param.data` at its full value, `release()` drops the full values again (`param.data`
-becomes an empty tensor, DeepSpeed's layout). Releasing drops references instead of
-resizing storage, so a tensor autograd saved from a gathered parameter (a view such as
-`weight.t()`, or a checkpoint recomputation's detached copy) keeps valid values until
-backward is done with it.
+becomes an empty tensor, DeepSpeed's layout) and frees the unit's full buffer by
+resizing its storage to zero, FSDP style: a tensor autograd saved from a gathered weight
+(a view such as `weight.t()`) shares that storage, and the re-fetch before the module's
+backward refills it in place, so saved views are valid again when backward reads them.
 
 Parameters carry DeepSpeed's attributes: `ds_shape`, `ds_numel`, `ds_tensor`, `ds_id`,
 `ds_status`, `ds_persist`; `_zs_unit` points at the unit that owns them.
@@ -103,7 +103,8 @@ class ParamUnit:
         self.coordinator = None  # set when a stage-3 coordinator drives this unit
         self.on_shard_written: Callable[[], None] | None = None  # masters refresh from the shard
         self._pending = None
-        self.numel = sum(self.layout.numels)
+        self._full: torch.Tensor | None = None
+        self.numel = self.layout.numel
         for index, param in enumerate(params):
             shape = logical_shape(param)
             param.ds_shape = torch.Size(shape)
@@ -127,7 +128,9 @@ class ParamUnit:
         if self.status is not ZeroParamStatus.NOT_AVAILABLE:
             return
         local = self.shard.to(self.compute_device, non_blocking=True)  # offload tier -> compute device
-        gathered = torch.empty(self.layout.gathered_numel, dtype=self.shard.dtype, device=self.compute_device)
+        full = self._allocate_full()
+        gathered = full if self.layout.single else torch.empty(
+            self.layout.gathered_numel, dtype=self.shard.dtype, device=self.compute_device)
         if self.world_size == 1:
             gathered.copy_(local)
             work = None
@@ -145,7 +148,11 @@ class ParamUnit:
         self._pending = None
         if work is not None:
             work.wait()
-        for param, flat, shape in zip(self.params, copy_out(gathered, self.layout), self._shapes()):
+        if self.layout.single:
+            flats = [gathered[: self.layout.numels[0]]]
+        else:
+            flats = copy_out(gathered, self.layout, self._full)
+        for param, flat, shape in zip(self.params, flats, self._shapes()):
             param.data = flat.view(shape)
         self._set_status(ZeroParamStatus.AVAILABLE)
 
@@ -177,9 +184,22 @@ class ParamUnit:
     def _shapes(self) -> list[torch.Size]:
         return [p.ds_shape for p in self.params]
 
+    def _allocate_full(self) -> torch.Tensor:
+        """The unit's full-value buffer; its storage is freed on release and re-grown on fetch."""
+        numel = self.layout.gathered_numel if self.layout.single else self.layout.numel
+        if self._full is None:
+            self._full = torch.empty(numel, dtype=self.shard.dtype, device=self.compute_device)
+        else:
+            self._full.untyped_storage().resize_(numel * self._full.element_size())
+        return self._full
+
     def _set_released(self) -> None:
         for param in self.params:
             param.data = torch.empty(0, dtype=self.shard.dtype, device=self.compute_device)
+        if self._full is not None:
+            # Free the memory even where autograd saved a view of a weight (`weight.t()` in
+            # F.linear): the next fetch refills this same storage before that backward runs.
+            self._full.untyped_storage().resize_(0)
         self._set_status(ZeroParamStatus.NOT_AVAILABLE)
 
     def _set_status(self, status: ZeroParamStatus) -> None:
