@@ -156,3 +156,35 @@ def memory_report_run(stage: int, bucket: int, dtype: str | None) -> dict:
     numels = [p.numel() for p in model.parameters() if p.requires_grad]
     frozen_bytes = sum(p.numel() * p.element_size() for p in model.parameters() if not p.requires_grad)
     return {"report": report, "moment_elements": moments, "numels": numels, "frozen_bytes": frozen_bytes}
+
+
+def safe_helpers_run(stage: int) -> dict:
+    """DeepSpeed's safe_get/safe_set helpers against values known without ZeRO."""
+    import zerospeed
+    from zerospeed import comm
+    from zerospeed.utils import (
+        safe_get_full_fp32_param, safe_get_full_grad, safe_get_full_optimizer_state,
+        safe_set_full_fp32_param, safe_set_full_optimizer_state,
+    )
+
+    rank = comm.get_rank()
+    model = make_model()
+    reference = make_model()
+    engine, *_ = zerospeed.initialize(model=model, config=_config(zero_optimization={"stage": stage, "reduce_bucket_size": 300}))
+    tokens, targets = global_micro_batch(0, 0, 4)
+    loss = engine(tokens[rank * 2 : rank * 2 + 2], targets[rank * 2 : rank * 2 + 2])
+    engine.backward(loss)
+    reference(tokens, targets).backward()
+    weight = engine.module.up.weight
+    out = {
+        "param_equal": bool(torch.equal(safe_get_full_fp32_param(weight), reference.up.weight.detach())),
+        "grad_close": bool(torch.allclose(safe_get_full_grad(weight), reference.up.weight.grad, rtol=1e-5, atol=1e-7)),
+    }
+    engine.step()
+    exp_avg = safe_get_full_optimizer_state(weight, "exp_avg")
+    out["exp_avg_close"] = bool(torch.allclose(exp_avg, 0.1 * reference.up.weight.grad, rtol=1e-4, atol=1e-8))
+    safe_set_full_fp32_param(weight, torch.full(weight.shape, 0.5))
+    out["set_param_visible"] = bool((engine.module.up.weight.detach() == 0.5).all())
+    safe_set_full_optimizer_state(weight, torch.full(weight.shape, 2.0), "exp_avg")
+    out["set_state_visible"] = bool((safe_get_full_optimizer_state(weight, "exp_avg") == 2.0).all())
+    return out

@@ -59,3 +59,12 @@ def test_memory_report_counts_partitions_exactly(stage, bucket, dtype):
     # every trainable element has exactly one exp_avg and one exp_avg_sq across the ranks
     factor = 1 if stage >= 1 else 2
     assert total_moments == factor * 2 * sum(numels)
+
+
+@pytest.mark.parametrize("stage", [0, 2])
+def test_safe_get_and_set_full_state(stage):
+    from tests.distributed.engine_cases import safe_helpers_run
+
+    for out in run_distributed(safe_helpers_run, 2, stage):
+        assert out == {"param_equal": True, "grad_close": True, "exp_avg_close": True,
+                       "set_param_visible": True, "set_state_visible": True}

@@ -84,6 +84,7 @@ class Engine(torch.nn.Module):
         model.to(self.device)
         broadcast_module_state(model, group=self.dp_group)
         self.optimizer = self._configure_optimizer(optimizer, model_parameters)
+        _tag_managed_parameters(model, self.optimizer)
         model.to(self.policy.param_dtype)  # frozen params and buffers; trainable ones already are
         self.lr_scheduler = self._configure_scheduler(lr_scheduler)
         self.training_dataloader = None
@@ -371,6 +372,15 @@ class Engine(torch.nn.Module):
 
 
 DeepSpeedEngine = Engine
+
+
+def _tag_managed_parameters(module: torch.nn.Module, optimizer) -> None:
+    """Let `zerospeed.utils.safe_get_full_*` find a parameter's optimizer and logical name."""
+    if optimizer is None:
+        return
+    for name, param in module.named_parameters(remove_duplicate=False):  # last name wins, as in the builder
+        param._zs_optimizer = optimizer
+        param._zs_name = name
 
 
 def _model_parallel_group(mpu):

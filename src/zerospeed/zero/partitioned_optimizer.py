@@ -39,6 +39,7 @@ class LogicalPiece:
     start: int
     end: int
     tensor: torch.Tensor  # fp32 master elements; the inner optimizer's state is keyed by it
+    grad: torch.Tensor | None = None  # the reduced (still loss-scaled) gradient of those elements
 
 
 class MasterRange:
@@ -213,13 +214,15 @@ class ZeroOptimizer:
         into any world size or stage: a loader copies the overlap of saved and owned ranges.
         """
         found = []
-        for master in self.masters:
+        for master_index, master in enumerate(self.masters):
             layout = master.bucket.layout
+            reduced = self.reducer.grad_view(master_index)
             for piece, (index, start, end) in zip(master.pieces, master.bucket.pieces(*master.range)):
                 offset = layout.offsets[index]
                 param = master.bucket.params[index]
+                grad = reduced[start - master.range[0] : end - master.range[0]]
                 found.append(
-                    LogicalPiece(master.bucket.names[index], tuple(param.shape), start - offset, end - offset, piece)
+                    LogicalPiece(master.bucket.names[index], tuple(param.shape), start - offset, end - offset, piece, grad)
                 )
         return found
 
