@@ -223,7 +223,8 @@ class PipelineEngine(Engine):
             self.fwd_outputs.append(_detach(loss))
             if self._mode == "train":
                 self._observer.record_loss(loss)
-                self.total_loss = loss.detach().clone() if self.total_loss is None else self.total_loss + loss.detach()
+                value = loss.detach().float()
+                self.total_loss = value.clone() if self.total_loss is None else self.total_loss + value
         self.timers.stop(FORWARD)
 
     def _exec_send_activations(self, buffer_id: int, micro_batch: int | None = None) -> None:

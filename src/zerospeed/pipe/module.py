@@ -112,7 +112,15 @@ def _trainable_numel(layer) -> int:
 
 
 class PipelineModule(nn.Module):
-    """Layers `layers` split over `num_stages` stages; `forward` runs this stage's slice."""
+    """Layers `layers` split over `num_stages` stages; `forward` runs this stage's slice.
+
+    With `activation_checkpoint_interval=k > 0`, every run of k layers that holds parameters
+    (or whose class is in `checkpointable_layers`) is recomputed in backward by
+    `activation_checkpoint_func`: by default `zerospeed.checkpointing.checkpoint`
+    (torch.utils.checkpoint, non-reentrant, configured by the `activation_checkpointing`
+    section); `torch.utils.checkpoint.checkpoint` itself is called with `use_reentrant=False`.
+    `dynamic_shape=True` renegotiates activation shapes at every transfer.
+    """
 
     def __init__(
         self,
@@ -145,6 +153,9 @@ class PipelineModule(nn.Module):
             )
         if checkpointable_layers is not None and not isinstance(checkpointable_layers, list):
             raise ConfigError(f"checkpointable_layers must be a list of class names, got {type(checkpointable_layers).__name__}")
+        self.num_stages = stages
+        self._num_layers = len(self._layer_specs)
+        self.parts = self._partition(partition_method)
         if not comm.is_initialized():
             comm.init_distributed()
         world = comm.get_world_size()
@@ -152,7 +163,6 @@ class PipelineModule(nn.Module):
             if world % num_stages:
                 raise ConfigError(f"PipelineModule(num_stages={num_stages}) must divide the world size {world}")
             topology = PipeDataParallelTopology(num_pp=num_stages, num_dp=world // num_stages)
-        self.num_stages = stages
         self.loss_fn = loss_fn
         self.seed_layers, self.seed_fn, self.base_seed = seed_layers, seed_fn, base_seed
         self.activation_checkpoint_interval = int(activation_checkpoint_interval)
@@ -166,8 +176,6 @@ class PipelineModule(nn.Module):
         self.global_rank = comm.get_rank()
         self.world_size = world
         self.stage_id = self._grid.get_stage_id()
-        self._num_layers = len(self._layer_specs)
-        self.parts = self._partition(partition_method)
         self._local_start, self._local_stop = self.parts[self.stage_id], self.parts[self.stage_id + 1]
 
         self.forward_funcs: list[Callable] = []

@@ -8,8 +8,9 @@ Activations travel with a small header (tensor count, dtypes, shapes, requires_g
 so a tuple of tensors of mixed dtypes, with some tensors that need no gradient, needs no
 configuration. The first transfer negotiates the layout; later ones post the header and
 data receives together and check the header: a changed shape raises `PipelineError`
-naming both shapes on both ranks, unless the module was built with `dynamic_shape=True`
-(or `reset_activation_shape()` was called), in which case the receiver renegotiates.
+naming both shapes on both ranks (leaving no message in flight, so the job can go on
+after `engine.reset_activation_shape()`); a module built with `dynamic_shape=True`
+renegotiates at every transfer instead.
 Gradients need no header: the receiving stage knows the shapes of its own outputs.
 """
 
@@ -108,6 +109,10 @@ class P2P:
         changed = self.sent_layout is not None and layout != self.sent_layout
         self._isend(encode(layout), self.next_rank, _HEADER_TAG)
         if changed and not self.dynamic_shape:
+            # The receiver has posted receives of the old layout: fill them, so that both
+            # ranks raise and no stray message is left to match a later receive.
+            for tensor in self._empty(self.sent_layout):
+                self._isend(tensor.zero_(), self.next_rank, _DATA_TAG)
             raise PipelineError(
                 f"stage output changed from {describe(self.sent_layout)} to {describe(layout)} after the first "
                 "micro-batch; build PipelineModule(dynamic_shape=True) or call engine.reset_activation_shape() "
@@ -133,6 +138,8 @@ class P2P:
             header_work.wait()
             received = decode(header)
             if received != self.recv_layout:
+                for work in works:  # the sender fills them with zeros before it raises too
+                    work.wait()
                 raise PipelineError(
                     f"the previous stage's output changed from {describe(self.recv_layout)} to {describe(received)} "
                     "after the first micro-batch; build PipelineModule(dynamic_shape=True) or call "
