@@ -9,6 +9,7 @@ _LAZY = {
     "Init": "zerospeed.zero.init",
     "GatheredParameters": "zerospeed.zero.init",
     "register_external_parameter": "zerospeed.zero.init",
+    "unregister_external_parameter": "zerospeed.zero.init",
 }
 
 

@@ -2,7 +2,7 @@
 
 import torch
 
-from zerospeed.runtime import zero_estimators as est
+from zerospeed.zero.stage3 import estimators as est
 
 
 def test_deepspeed_formula_numbers():
