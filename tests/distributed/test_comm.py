@@ -110,13 +110,12 @@ def test_collectives_async_p2p_groups_and_log(world):
         assert rank in data_ranks and len(data_ranks) == dp
         assert dp_sum == float(sum(data_ranks))
 
-        summary = got["summary"]
+        summary = got["summary"]  # DeepSpeed's shape: {op: {message bytes: {"count", ...}}}
         for op in ("all_reduce", "all_gather_into_tensor", "reduce_scatter_tensor", "broadcast",
                    "all_to_all_single", "send", "recv", "isend", "irecv", "barrier"):
-            assert summary[op]["calls"] >= 1, op
-        assert summary["all_reduce"]["bytes"] == 4 * 4 + 2 * 4 + 4
-        assert summary["all_reduce"]["calls"] == 3
-        assert summary["barrier"]["calls"] == 2
+            assert sum(row["count"] for row in summary[op].values()) >= 1, op
+        assert {size: row["count"] for size, row in summary["all_reduce"].items()} == {16: 1, 8: 1, 4: 1}
+        assert sum(row["count"] for row in summary["barrier"].values()) == 2
     printed = results[0]["printed"]
     assert "all_reduce" in printed and "total" in printed and "bytes" in printed
     assert all(r["printed"] == "" for r in results[1:])

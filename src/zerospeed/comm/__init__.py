@@ -11,7 +11,7 @@ import os
 
 import torch.distributed as dist
 
-from zerospeed.comm import groups
+from zerospeed.comm import collectives, groups
 from zerospeed.comm.collectives import (
     ReduceOp,
     all_gather,
@@ -34,7 +34,7 @@ from zerospeed.comm.collectives import (
     set_default_timeout,
     set_step,
 )
-from zerospeed.comm.env import detect_launch_env, export_launch_env, parse_nodelist
+from zerospeed.comm.env import detect_launch_env, export_launch_env, parse_nodelist, record_uncaught_exceptions
 from zerospeed.errors import CommError, ConfigError
 
 DEFAULT_TIMEOUT = datetime.timedelta(minutes=30)
@@ -80,6 +80,7 @@ def init_distributed(
     """
     if dist.is_initialized():
         return
+    record_uncaught_exceptions()
     from zerospeed.accelerator import get_accelerator
 
     backend = dist_backend or get_accelerator().communication_backend_name()
@@ -156,27 +157,111 @@ def destroy_process_group(group=None) -> None:
             groups.reset_grid()
 
 
-def log_summary(show_straggler: bool = False, return_dict: bool = False):
-    """Print this rank's comm log as a table on rank 0 (DeepSpeed's `comm.log_summary`).
+def configure(deepspeed_config=None, enabled=None, prof_all=None, prof_ops=None, verbose=None, debug=None) -> None:
+    """DeepSpeed's `comm.configure`: the config's `comms_logger` section (when enabled), then explicit settings."""
+    if deepspeed_config is not None:
+        configure_logger(_comms_section(deepspeed_config))
+    for key, value in (("enabled", enabled), ("prof_all", prof_all), ("verbose", verbose), ("debug", debug)):
+        if value is not None:
+            setattr(comm_log, key, bool(value))
+    if prof_ops is not None:
+        comm_log.prof_ops = list(prof_ops)
 
-    No collective is issued, so calling it on some ranks only cannot hang. With
-    `return_dict=True` every rank returns `{"summary": comm_log.summary()}`.
-    `show_straggler` is accepted for DeepSpeed scripts; cross-rank straggler figures are
-    not computed.
+
+def configure_logger(section) -> None:
+    """Apply a validated `comms_logger` section (the engine calls this); a disabled one changes nothing."""
+    comm_log.configure(section)
+
+
+def _comms_section(config):
+    section = getattr(config, "comms_logger", None)
+    if section is None and isinstance(config, dict):
+        section = config.get("comms_logger", {})
+    if isinstance(section, dict):
+        from zerospeed.config.comms import CommsLoggerConfig
+
+        section = CommsLoggerConfig(**section)
+    return section
+
+
+def log_summary(show_straggler: bool = False, return_dict: bool = False):
+    """Print the comm log as DeepSpeed's table on rank 0 (`deepspeed.comm.log_summary`).
+
+    Rows: per op (record name), per message size: count, total and mean latency, algorithmic
+    and bus bandwidth in Gbps. Without `show_straggler` no collective is issued, so calling
+    it on some ranks only cannot hang. `show_straggler=True` is a collective (every rank must
+    call it): per row, the lowest total latency over ranks and this rank's excess over it.
+    With `return_dict=True` every rank returns DeepSpeed's dict
+    (`summary`, `straggler_analysis`, `metadata`).
     """
+    import datetime as _datetime
+
+    straggler = _straggler_analysis() if show_straggler else None
     if get_rank() == 0:
-        print(f"Comm. Op summary (rank 0, {sum(comm_log.calls.values())} calls)\n{comm_log.format_table()}", flush=True)
-    return {"summary": comm_log.summary()} if return_dict else None
+        print(comm_log.format_table(), flush=True)
+        if straggler:
+            print(_format_straggler(straggler), flush=True)
+    if not return_dict:
+        return None
+    return {
+        "summary": comm_log.summary(),
+        "straggler_analysis": straggler,
+        "metadata": {"world_size": get_world_size(), "rank": get_rank(), "timestamp": _datetime.datetime.now().isoformat()},
+    }
+
+
+def _straggler_analysis() -> dict:
+    """{name: {size: {total_comm_lat_ms, total_straggler_ms, ...}}} from every rank's totals (one all_gather_object)."""
+    mine = {name: {size: (stats.seconds, stats.timed) for size, stats in sizes.items()} for name, sizes in comm_log.records.items()}
+    everyone = [None] * get_world_size()
+    all_gather_object(everyone, mine)
+    result: dict = {}
+    for name, sizes in mine.items():
+        for size, (seconds, timed) in sizes.items():
+            lowest = min(rank_log.get(name, {}).get(size, (seconds, timed))[0] for rank_log in everyone)
+            count = max(timed, 1)
+            result.setdefault(name, {})[size] = {
+                "count": timed, "total_comm_lat_ms": lowest * 1e3, "total_straggler_ms": (seconds - lowest) * 1e3,
+                "avg_comm_lat_ms": lowest * 1e3 / count, "avg_straggler_ms": (seconds - lowest) * 1e3 / count,
+                "msg_size_bytes": size, "msg_size_str": collectives.convert_size(size),
+            }
+    return result
+
+
+def _format_straggler(analysis: dict) -> str:
+    columns = ("Comm. Op", "Message Size", "Count", "Total comm lat(ms)", "Total straggler(ms)", "Avg comm lat(ms)",
+               "Avg straggler(ms)")
+    lines = ["_______________________________", "Breakdown with straggler effect", "-------------------------------",
+             "".join(f"{c: <20}" for c in columns)]
+    for name, sizes in analysis.items():
+        lines.append(name)
+        for e in sizes.values():
+            lines.append(f"{' ': <20}{e['msg_size_str']: <20}{e['count']: <20}{e['total_comm_lat_ms']: <20.2f}"
+                         f"{e['total_straggler_ms']: <20.2f}{e['avg_comm_lat_ms']: <20.2f}{e['avg_straggler_ms']: <20.2f}")
+    return "\n".join(lines)
 
 
 def reset_log() -> None:
     comm_log.reset()
 
 
+def has_comm_data() -> bool:
+    return bool(comm_log.records)
+
+
+def get_comm_operation_count() -> int:
+    return sum(comm_log.calls.values())
+
+
+def get_logged_comm_ops() -> list[str]:
+    return list(comm_log.records)
+
+
 __all__ = [
     "ReduceOp", "all_gather", "all_gather_into_tensor", "all_gather_object", "all_reduce",
     "all_to_all", "all_to_all_single", "barrier", "broadcast", "broadcast_object_list", "comm_log",
-    "destroy_process_group", "get_backend", "get_global_rank", "get_local_rank", "get_rank",
+    "configure", "configure_logger", "destroy_process_group", "get_backend", "get_comm_operation_count",
+    "get_logged_comm_ops", "has_comm_data", "get_global_rank", "get_local_rank", "get_rank",
     "get_step", "get_world_size", "groups", "init_distributed", "irecv", "is_available",
     "is_initialized", "isend", "log_summary", "new_group", "parse_nodelist", "recv", "reduce",
     "reduce_scatter_tensor", "reset_log", "send", "set_step",

@@ -148,3 +148,42 @@ def export_launch_env(env: LaunchEnv) -> None:
         MASTER_ADDR=env.master_addr,
         MASTER_PORT=env.master_port,
     )
+
+
+def record_uncaught_exceptions() -> None:
+    """Under a torch elastic agent, write an uncaught exception to TORCHELASTIC_ERROR_FILE.
+
+    The agent then knows what failed ("ValueError: bad batch") and when, so the launcher's
+    one-line failure report can tell the rank that raised from the peers whose next
+    collective failed because it was gone. Scripts decorated with torch's `@record` get
+    the same; this spares DeepSpeed scripts the decorator.
+    """
+    import sys
+
+    if not os.environ.get("TORCHELASTIC_ERROR_FILE") or getattr(sys.excepthook, "_zerospeed_records", False):
+        return
+    previous = sys.excepthook
+
+    def hook(kind, value, tb):
+        _write_error_file(os.environ.get("TORCHELASTIC_ERROR_FILE", ""), kind, value, tb)
+        previous(kind, value, tb)
+
+    hook._zerospeed_records = True
+    sys.excepthook = hook
+
+
+def _write_error_file(path: str, kind, value, tb) -> None:
+    import json
+    import time
+    import traceback
+
+    if not path:
+        return
+    data = {"message": {"message": f"{kind.__name__}: {value}", "extraInfo": {
+        "py_callstack": "".join(traceback.format_exception(kind, value, tb)), "timestamp": str(int(time.time())),
+    }}}
+    try:
+        with open(path, "w", encoding="utf-8") as handle:
+            json.dump(data, handle)
+    except OSError:
+        pass  # the report degrades to the exit code; never hide the original exception

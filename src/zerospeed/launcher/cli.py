@@ -1,5 +1,9 @@
 """`zerospeed` console script: argparse front door that dispatches to one module per subcommand.
 
+`zerospeed script.py ARGS` (no subcommand, DeepSpeed's `deepspeed` form) means
+`zerospeed launch script.py ARGS`: any first word that is not a subcommand or a
+top-level flag starts the launcher.
+
 A subcommand is a module with `HELP` (one line), `add_arguments(parser)` and
 `run(args) -> int`, registered in `SUBCOMMANDS`. Modules must not import torch at import
 time, so `zerospeed --version` and `zerospeed <cmd> --help` stay fast; they import what
@@ -15,11 +19,16 @@ from collections.abc import Sequence
 
 from zerospeed.version import __version__
 
-# name -> module implementing it; `launch` and `consolidate` join here when they exist.
+# name -> module implementing it
 SUBCOMMANDS: dict[str, str] = {
+    "launch": "zerospeed.launcher.launch",
     "report": "zerospeed.launcher.report",
     "consolidate": "zerospeed.checkpoint.cli",
+    "plot": "zerospeed.launcher.plot",
 }
+
+
+TOP_LEVEL_FLAGS = ("-h", "--help", "--version")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -30,7 +39,12 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=__version__, help="print the zerospeed version and exit")
     subparsers = parser.add_subparsers(dest="command", metavar="COMMAND")
     for name, module_name in SUBCOMMANDS.items():
-        module = importlib.import_module(module_name)
+        try:
+            module = importlib.import_module(module_name)
+        except ModuleNotFoundError as error:
+            if error.name != module_name:
+                raise
+            continue  # registered by a change whose module is not in this checkout yet
         subparser = subparsers.add_parser(name, help=module.HELP, description=module.HELP)
         module.add_arguments(subparser)
         subparser.set_defaults(_run=module.run)
@@ -39,6 +53,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Parse `argv` (default: sys.argv[1:]), run the subcommand, return its exit status."""
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if argv and argv[0] not in SUBCOMMANDS and argv[0] not in TOP_LEVEL_FLAGS:
+        argv = ["launch", *argv]  # DeepSpeed's form: `zerospeed [launcher flags] script.py args`
     parser = build_parser()
     args = parser.parse_args(argv)
     if args.command is None:
