@@ -20,6 +20,7 @@ class Timer:
         self._start: float | None = None
         self.elapsed_s = 0.0
         self.count = 0
+        self.total_s = 0.0  # never reset: observers (monitor events) take differences
 
     def start(self) -> None:
         self._synchronize()
@@ -29,7 +30,9 @@ class Timer:
         if self._start is None:
             return
         self._synchronize()
-        self.elapsed_s += time.perf_counter() - self._start
+        elapsed = time.perf_counter() - self._start
+        self.elapsed_s += elapsed
+        self.total_s += elapsed
         self.count += 1
         self._start = None
 
@@ -45,6 +48,11 @@ class Timers:
         self.enabled = enabled
         self._synchronize = synchronize
         self._timers: dict[str, Timer] = {}
+        self._listeners: list = []
+
+    def add_listener(self, listener) -> None:
+        """Call `listener(name, started: bool)` at every start/stop, timed or not (memory_breakdown)."""
+        self._listeners.append(listener)
 
     def __call__(self, name: str) -> Timer:
         if name not in self._timers:
@@ -52,12 +60,16 @@ class Timers:
         return self._timers[name]
 
     def start(self, name: str) -> None:
+        for listener in self._listeners:
+            listener(name, True)
         if self.enabled:
             self(name).start()
 
     def stop(self, name: str) -> None:
         if self.enabled:
             self(name).stop()
+        for listener in self._listeners:
+            listener(name, False)
 
     def summary(self, names: list[str]) -> dict[str, dict[str, float]]:
         """Elapsed ms since the last summary per timer, reduced over ranks (resets them)."""
