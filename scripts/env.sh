@@ -14,7 +14,8 @@ if ! "$PY" -c "import torch" 2>/dev/null; then
 fi
 if ! "$PY" - <<'PYCHECK' 2>/dev/null
 import importlib, os, sys
-for name in ("pydantic", "hjson", "psutil", "tqdm", "safetensors", "numpy", "pytest", "pytest_timeout"):
+for name in ("pydantic", "hjson", "psutil", "tqdm", "safetensors", "numpy", "pytest", "pytest_timeout",
+             "tensorboard", "wandb", "matplotlib"):
     importlib.import_module(name)
 import zerospeed
 assert os.path.realpath(zerospeed.__file__).startswith(os.path.realpath("src")), zerospeed.__file__

@@ -22,7 +22,10 @@ _LAZY_ATTRS = {
     "load_config": "zerospeed.config",
     "get_accelerator": "zerospeed.accelerator",
 }
-_LAZY_MODULES = ("comm", "zero", "accelerator", "config", "runtime", "utils", "checkpointing", "pipe", "ops", "errors", "launcher")
+_LAZY_MODULES = (
+    "comm", "zero", "accelerator", "config", "runtime", "utils", "checkpointing", "pipe", "ops", "errors", "launcher",
+    "monitor", "profiling", "checkpoint",
+)
 
 
 def __getattr__(name: str) -> Any:

@@ -52,7 +52,7 @@ REMOVED_KEYS = {
 }
 # sections parsed and checked but without effect yet; one warning each when active
 NOT_BUILT_YET = ("autotuning", "data_efficiency", "hybrid_engine", "compile", "tensor_parallel",
-                 "expert_parallel", "weight_quantization", "datastates_ckpt", "comet", "torch_autocast")
+                 "expert_parallel", "weight_quantization", "datastates_ckpt", "torch_autocast")
 
 
 class ZeroSpeedConfig(ConfigModel):
