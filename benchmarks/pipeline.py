@@ -12,8 +12,10 @@ instruction tables are wrapped, nothing else changes), and
 
     bubble = 1 - mean over stages of (busy time) / (span of the step's compute, all stages)
 
-next to 1F1B's theoretical (p - 1) / (m + p - 1). Then the ratios zerospeed / DeepSpeed.
-One JSON line per result (`BENCH_RESULT`-free: the driver prints them), then a markdown table.
+next to 1F1B's theoretical (p - 1) / (m + p - 1). Then the ratios zerospeed / DeepSpeed:
+of median samples/s, and of the best step (least disturbed when other jobs share the cores).
+Every (m, impl) runs `--repeats` times, interleaved. One JSON line per result, then a
+markdown table.
 
 One worker by hand:
 `OMP_NUM_THREADS=1 DS_ACCELERATOR=cpu torchrun --standalone --nproc_per_node 2 benchmarks/pipeline.py --worker --impl zerospeed --micro-batches 4`
@@ -44,7 +46,7 @@ def _model_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--dim", type=int, default=256)
     p.add_argument("--seq", type=int, default=64)
     p.add_argument("--micro-batch", type=int, default=8)
-    p.add_argument("--steps", type=int, default=6)
+    p.add_argument("--steps", type=int, default=8)
     p.add_argument("--warmup-steps", type=int, default=2)
     p.add_argument("--stages", type=int, default=2)
 
@@ -123,7 +125,8 @@ def worker(args: argparse.Namespace) -> None:
         samples = args.micro_batch * m * (dist.get_world_size() // p)
         print(RESULT_PREFIX + json.dumps({
             "kind": "run", "impl": args.impl, "stages": p, "micro_batches": m, "step_s": round(median, 4),
-            "samples_per_s": round(samples / median, 2), "bubble_measured": round(statistics.median(bubbles), 4),
+            "samples_per_s": round(samples / median, 2),
+            "step_min_s": round(min(step_times), 4), "bubble_measured": round(statistics.median(bubbles), 4),
             "bubble_theory": round((p - 1) / (m + p - 1), 4), "step_times_s": [round(t, 4) for t in step_times],
         }), flush=True)
 
@@ -150,6 +153,7 @@ def main() -> int:
     parser.add_argument("--micro-batches", type=int, default=4, help="worker: gradient_accumulation_steps")
     parser.add_argument("--m", default="2,4,8", help="driver: micro-batch counts")
     parser.add_argument("--impls", default="deepspeed,zerospeed")
+    parser.add_argument("--repeats", type=int, default=3, help="driver: every (m, impl) run N times, interleaved; medians reported")
     parser.add_argument("--timeout", type=int, default=600)
     _model_args(parser)
     args = parser.parse_args()
@@ -165,24 +169,41 @@ def main() -> int:
         meta["deepspeed_ops"] = prebuild_deepspeed_ops(False, log_dir)
     print(json.dumps(meta), flush=True)
     rows = []
-    for m in [int(x) for x in args.m.split(",")]:
-        for impl in impls:  # interleaved, so drifting machine load hits both alike
-            row = run_one(impl, m, args, log_dir)
-            rows.append(row)
-            print(json.dumps(row), flush=True)
+    counts = [int(x) for x in args.m.split(",")]
+    for repeat in range(args.repeats):
+        for m in counts:
+            for impl in impls:  # interleaved, so drifting machine load hits both alike
+                row = run_one(impl, m, args, log_dir)
+                rows.append({**row, "repeat": repeat})
+                print(json.dumps(rows[-1]), flush=True)
     failed = [r for r in rows if "status" in r]
-    by = {(r["impl"], r["micro_batches"]): r for r in rows if "status" not in r}
-    print("\n| m | theory bubble | zerospeed bubble | deepspeed bubble | zerospeed samples/s | deepspeed samples/s | ratio |")
-    print("|---|---|---|---|---|---|---|")
-    for m in [int(x) for x in args.m.split(",")]:
+    by = {}
+    for impl in impls:
+        for m in counts:
+            runs = [r for r in rows if "status" not in r and r["impl"] == impl and r["micro_batches"] == m]
+            if runs:
+                by[(impl, m)] = {
+                    "kind": "median", "impl": impl, "micro_batches": m, "runs": len(runs), "bubble_theory": runs[0]["bubble_theory"],
+                    "step_s": statistics.median(r["step_s"] for r in runs),
+                    "samples_per_s": round(statistics.median(r["samples_per_s"] for r in runs), 2),
+                    "bubble_measured": round(statistics.median(r["bubble_measured"] for r in runs), 4),
+                    "step_min_s": min(r["step_min_s"] for r in runs),  # least disturbed by other load
+                }
+                print(json.dumps(by[(impl, m)]), flush=True)
+    print("\n| m | theory bubble | zerospeed bubble | deepspeed bubble | zerospeed samples/s | deepspeed samples/s | ratio (median) "
+          "| zerospeed best step s | deepspeed best step s | ratio (best) |")
+    print("|---|---|---|---|---|---|---|---|---|---|")
+    for m in counts:
         z, d = by.get(("zerospeed", m)), by.get(("deepspeed", m))
         ratio = round(z["samples_per_s"] / d["samples_per_s"], 3) if z and d else None
+        best = round(d["step_min_s"] / z["step_min_s"], 3) if z and d else None
         if ratio is not None:
-            print(json.dumps({"kind": "ratio", "micro_batches": m, "samples_per_s_vs_deepspeed": ratio}))
+            print(json.dumps({"kind": "ratio", "micro_batches": m, "samples_per_s_vs_deepspeed": ratio, "best_step_speedup_vs_deepspeed": best}))
         cell = lambda r, k: r[k] if r else "-"  # noqa: E731
         theory = (z or d or {}).get("bubble_theory", "-")
         print(f"| {m} | {theory} | {cell(z, 'bubble_measured')} | {cell(d, 'bubble_measured')} | "
-              f"{cell(z, 'samples_per_s')} | {cell(d, 'samples_per_s')} | {ratio if ratio is not None else '-'} |")
+              f"{cell(z, 'samples_per_s')} | {cell(d, 'samples_per_s')} | {ratio if ratio is not None else '-'} | "
+              f"{cell(z, 'step_min_s')} | {cell(d, 'step_min_s')} | {best if best is not None else '-'} |")
     return 1 if failed else 0
 
 

@@ -2,10 +2,8 @@
 
 from __future__ import annotations
 
-import pytest
-
 from tests.distributed.launcher import run_distributed
-from tests.distributed.test_pipeline_parity import VOCAB, layer_specs, loss_fn, micro_batch
+from tests.distributed.test_pipeline_parity import VOCAB, layer_specs, loss_fn
 
 CONFIG = {
     "train_micro_batch_size_per_gpu": 2, "gradient_accumulation_steps": 2, "steps_per_print": 1000,

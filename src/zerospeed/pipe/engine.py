@@ -14,14 +14,13 @@ bucket at once (stage 0: all-reduce, stage 1: reduce-scatter).
 
 from __future__ import annotations
 
-import math
 from typing import Callable
 
 import torch
 
 from zerospeed import comm
 from zerospeed.errors import ConfigError
-from zerospeed.pipe import schedule
+from zerospeed.pipe import schedule, tied
 from zerospeed.pipe.module import PipelineModule
 from zerospeed.pipe.p2p import P2P, PipelineError
 from zerospeed.runtime.data import RepeatingLoader
@@ -65,7 +64,7 @@ class PipelineEngine(Engine):
             self.set_dataloader(self.training_dataloader)
         self._replicas = [p for p in model.parameters() if getattr(p, "ds_pipe_replicated", False) and p.requires_grad]
         if model.ties_span_stages:
-            _count_replicas_once_in_norm(self.optimizer, self._replicas)
+            tied.count_replicas_once_in_norm(self.optimizer, self._replicas)
 
     def _apply_pipeline_config(self, config) -> None:
         pipeline = config.pipeline
@@ -270,9 +269,7 @@ class PipelineEngine(Engine):
         self.pipe_buffers["inputs"][buffer_id] = None
 
     def _exec_reduce_tied_grads(self) -> None:
-        for weight, group in self.module.get_tied_weights_and_groups():
-            if weight.requires_grad:
-                comm.all_reduce(_accumulated_grad(self.optimizer, weight), group=group)
+        tied.reduce_tied_grads(self.optimizer, self.module.get_tied_weights_and_groups())
 
     def _exec_reduce_grads(self) -> None:
         self.optimizer.begin_backward(sync=True)  # no gradients arrive: launch every bucket's reduction
@@ -341,58 +338,6 @@ class PipelineEngine(Engine):
 
 
 # -- helpers -----------------------------------------------------------------------------------------------
-def _accumulated_grad(optimizer, param: torch.nn.Parameter) -> torch.Tensor:
-    """The view of `param`'s gradient in the reducer's full-bucket accumulation buffer (stages 0/1)."""
-    for state in optimizer.reducer.states:
-        for index, candidate in enumerate(state.bucket.params):
-            if candidate is param:
-                offset, numel = state.bucket.layout.offsets[index], state.bucket.layout.numels[index]
-                return state.accum[offset : offset + numel]
-    raise PipelineError("a tied weight is not in the optimizer's buckets; pass every parameter to initialize()")
-
-
-def _replica_sumsq(optimizer, replicas: list[torch.nn.Parameter]) -> torch.Tensor:
-    """Squared norm of this rank's share of the replicas' reduced gradients."""
-    wanted = {id(p) for p in replicas}
-    total = torch.zeros((), dtype=torch.float32)
-    for master_index, master in enumerate(optimizer.masters):
-        bucket, (low, high) = master.bucket, master.range
-        reduced = optimizer.reducer.grad_view(master_index)
-        for index, param in enumerate(bucket.params):
-            if id(param) not in wanted:
-                continue
-            start = max(bucket.layout.offsets[index], low)
-            end = min(bucket.layout.offsets[index] + bucket.layout.numels[index], high)
-            if start < end:
-                total += reduced[start - low : end - low].float().pow(2).sum().cpu()
-    return total
-
-
-def _count_replicas_once_in_norm(optimizer, replicas: list[torch.nn.Parameter]) -> None:
-    """Make the gradient norm count each tied weight once, as DeepSpeed's ds_pipe_replicated does.
-
-    The optimizer sums squared gradients over every stage; the copies of a tied weight on
-    the stages after its first holder are subtracted (reduced the same way, so every rank
-    issues the same collectives).
-    """
-    if optimizer is None:
-        return
-    summed = optimizer._global_grad_sumsq
-
-    def without_replicas() -> torch.Tensor:
-        total = summed()
-        extra = _replica_sumsq(optimizer, replicas).to(total.device)
-        if optimizer.stage >= 1 and comm.get_world_size(optimizer.dp_group) > 1:
-            comm.all_reduce(extra, group=optimizer.dp_group)
-        if optimizer.model_parallel_group is not None and comm.get_world_size(optimizer.model_parallel_group) > 1:
-            comm.all_reduce(extra, group=optimizer.model_parallel_group)
-        if not math.isfinite(float(total)):
-            return total
-        return (total - extra).clamp_min(0.0)
-
-    optimizer._global_grad_sumsq = without_replicas
-
-
 def _needing_grad(value) -> list[torch.Tensor]:
     tensors = [value] if isinstance(value, torch.Tensor) else list(value or ())
     return [t for t in tensors if isinstance(t, torch.Tensor) and t.requires_grad]
