@@ -24,7 +24,7 @@ class Embed(torch.nn.Module):
         self.weight = torch.nn.Parameter(torch.randn(VOCAB, DIM) * 0.5)
 
     def forward(self, tokens):
-        scale = (tokens.float() / VOCAB).unsqueeze(-1)  # float, needs no gradient
+        scale = (tokens.float() / VOCAB).unsqueeze(-1).to(self.weight.dtype)  # float, needs no gradient
         return F.embedding(tokens, self.weight), tokens, scale
 
 
@@ -121,7 +121,7 @@ def data_iter(step: int, micro: int, gas: int, dp: int, dp_rank: int):
         yield tokens[mine], targets[mine]
 
 
-def pipeline_run(steps: int, micro: int, gas: int, stages: int, zero_stage: int, interval: int):
+def pipeline_run(steps: int, micro: int, gas: int, stages: int, zero_stage: int, interval: int, dtype: str = "fp32"):
     """Train on this rank; returns (losses, this stage's params, eval loss, eval logits shape, facts)."""
     import zerospeed
     from zerospeed.pipe import PipelineModule
@@ -133,6 +133,8 @@ def pipeline_run(steps: int, micro: int, gas: int, stages: int, zero_stage: int,
         "optimizer": {"type": "AdamW", "params": {"lr": LR, "weight_decay": 0.01}},
         "zero_optimization": {"stage": zero_stage, "reduce_bucket_size": 300}, "steps_per_print": 1000,
     }
+    if dtype != "fp32":
+        config[dtype] = {"enabled": True, **({"initial_scale_power": 8} if dtype == "fp16" else {})}
     engine, *_ = zerospeed.initialize(model=module, model_parameters=module.parameters(), config=config)
     dp, dp_rank = engine.grid.get_data_parallel_world_size(), engine.grid.get_data_parallel_rank()
     losses = [float(engine.train_batch(data_iter(step, micro, gas, dp, dp_rank))) for step in range(steps)]
@@ -144,10 +146,11 @@ def pipeline_run(steps: int, micro: int, gas: int, stages: int, zero_stage: int,
 
 
 def two_stage_checks(steps: int):
-    """2 stages × 1 data rank: checkpointing off, then on, in one launch."""
+    """2 stages × 1 data rank: checkpointing off, then on, then bf16 and fp16 (losses only), in one launch."""
     plain = pipeline_run(steps, 2, 4, 2, 0, 0)
     checkpointed = pipeline_run(steps, 2, 4, 2, 0, 1)
-    return plain, checkpointed
+    half = {dtype: pipeline_run(steps, 2, 4, 2, 1, 0, dtype)[0] for dtype in ("bf16", "fp16")}
+    return plain, checkpointed, half
 
 
 def _assert_matches(result, reference, rtol=1e-5, atol=1e-6):
@@ -159,12 +162,14 @@ def _assert_matches(result, reference, rtol=1e-5, atol=1e-6):
         torch.testing.assert_close(value, ref_params[name], rtol=rtol, atol=atol, msg=f"parameter {name}")
 
 
-def test_two_stages_match_plain_torch_with_and_without_activation_checkpointing():
+def test_two_stages_match_plain_torch_with_and_without_activation_checkpointing_and_half_precision():
     results = run_distributed(two_stage_checks, 2, STEPS, timeout=240)
     reference = reference_run(STEPS, 2, 4, 1)
     names = set()
-    for plain, checkpointed in results:
+    for plain, checkpointed, half in results:
         _assert_matches(plain, reference)
+        assert half["bf16"] == pytest.approx(reference[0], rel=3e-2)  # activations travel in bf16
+        assert half["fp16"] == pytest.approx(reference[0], rel=5e-3)
         assert checkpointed[0] == pytest.approx(plain[0], rel=1e-6, abs=1e-7)
         for name, value in plain[1].items():
             torch.testing.assert_close(checkpointed[1][name], value, rtol=1e-6, atol=1e-7)
