@@ -188,3 +188,18 @@ def safe_helpers_run(stage: int) -> dict:
     safe_set_full_optimizer_state(weight, torch.full(weight.shape, 2.0), "exp_avg")
     out["set_state_visible"] = bool((safe_get_full_optimizer_state(weight, "exp_avg") == 2.0).all())
     return out
+
+
+def staging_run() -> dict:
+    """Eight equal layers, one bucket each, every parameter used: staging stays bounded."""
+    import zerospeed
+
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(*[torch.nn.Linear(16, 16) for _ in range(8)])
+    engine, *_ = zerospeed.initialize(
+        model=model, config=_config(zero_optimization={"stage": 2, "reduce_bucket_size": 272})
+    )
+    for _ in range(2):
+        engine.backward(engine(torch.randn(2, 16)).square().mean())
+        engine.step()
+    return engine.memory_report()

@@ -56,6 +56,9 @@ def test_memory_report_counts_partitions_exactly(stage, bucket, dtype):
         assert report["master"] == expected["master"]
         assert result["moment_elements"] * 4 == expected["optimizer_states"]
         total_moments += result["moment_elements"]
+        if stage == 2:
+            full_gradient = model_states_bytes_per_rank(numels, 2, rank, 0, reduce_bucket_size=bucket)["grads"]
+            assert 0 < report["comm_buffers"] <= full_gradient
     # every trainable element has exactly one exp_avg and one exp_avg_sq across the ranks
     factor = 1 if stage >= 1 else 2
     assert total_moments == factor * 2 * sum(numels)
@@ -68,3 +71,13 @@ def test_safe_get_and_set_full_state(stage):
     for out in run_distributed(safe_helpers_run, 2, stage):
         assert out == {"param_equal": True, "grad_close": True, "exp_avg_close": True,
                        "set_param_visible": True, "set_state_visible": True}
+
+
+def test_stage2_staging_stays_a_few_buckets_when_buckets_complete_in_order():
+    from tests.distributed.engine_cases import staging_run
+    from zerospeed.zero.grad_reducer import MAX_IN_FLIGHT
+
+    for report in run_distributed(staging_run, 2):
+        bucket_bytes = 320 * 4  # Linear(16, 16): 272 elements padded to 2 ranks x 32 -> 320, fp32
+        assert report["comm_buffers"] == (MAX_IN_FLIGHT + 1) * bucket_bytes
+        assert report["grads"] == 8 * 160 * 4  # only each rank's partitions persist

@@ -25,6 +25,40 @@ from zerospeed.errors import EngineError
 from zerospeed.zero.flat import FlatBucket
 
 
+# Collectives outstanding before the oldest is finished. Bounds stage 2's staging memory to
+# a few buckets (finishing one frees its staging buffer for the next) while keeping overlap.
+MAX_IN_FLIGHT = 2
+
+
+class StagingPool:
+    """Reusable full-bucket staging buffers (stage 2), one free list per bucket size.
+
+    Reusing them avoids allocating and page-faulting a whole gradient's worth of fresh
+    memory every backward; with `MAX_IN_FLIGHT` only a few exist at once when buckets
+    complete in order (an unused parameter early in the order can hold more back).
+    """
+
+    def __init__(self, dtype: torch.dtype, device: torch.device) -> None:
+        self.dtype, self.device = dtype, device
+        self._free: dict[int, list[torch.Tensor]] = {}
+        self.allocated_numel = 0
+
+    def acquire(self, numel: int) -> torch.Tensor:
+        free = self._free.setdefault(numel, [])
+        if free:
+            buffer = free.pop()
+            buffer.zero_()
+            return buffer
+        self.allocated_numel += numel
+        return torch.zeros(numel, dtype=self.dtype, device=self.device)
+
+    def release(self, buffer: torch.Tensor) -> None:
+        self._free.setdefault(buffer.numel(), []).append(buffer)
+
+    def bytes(self) -> int:
+        return self.allocated_numel * torch.empty((), dtype=self.dtype).element_size()
+
+
 @dataclass
 class BucketGrads:
     """Gradient state of one bucket."""
@@ -60,6 +94,9 @@ class GradReducer:
                 self._where[id(param)] = (bucket_index, param_index)
         for state in self.states:
             self._allocate(state)
+        self._staging = None
+        if plan.stage >= 2 and buckets:
+            self._staging = StagingPool(plan.accum_dtype, buckets[0].device)
         self._hooks = [p.register_post_accumulate_grad_hook(self._on_grad) for b in buckets for p in b.params]
         self._next_launch = 0
         self._pending: list[tuple[BucketGrads, object, torch.Tensor]] = []
@@ -99,8 +136,8 @@ class GradReducer:
                 f"{self._name(param)} received a second gradient after its bucket was reduced in this backward "
                 "(reentrant backward over the same parameter?)"
             )
-        if state.accum is None:  # stage 2 staging, allocated when the bucket's first grad lands
-            state.accum = torch.zeros(state.bucket.layout.padded_numel, dtype=self.plan.accum_dtype, device=state.bucket.device)
+        if state.accum is None:  # stage 2 staging, taken when the bucket's first grad lands
+            state.accum = self._staging.acquire(state.bucket.layout.padded_numel)
         offset = state.bucket.layout.offsets[param_index]
         numel = state.bucket.layout.numels[param_index]
         state.accum[offset : offset + numel].add_(param.grad.reshape(-1))
@@ -123,7 +160,7 @@ class GradReducer:
 
     def _launch(self, state: BucketGrads) -> None:
         if state.accum is None:  # stage 2 bucket with no gradient on this rank: reduce zeros
-            state.accum = torch.zeros(state.bucket.layout.padded_numel, dtype=self.plan.accum_dtype, device=state.bucket.device)
+            state.accum = self._staging.acquire(state.bucket.layout.padded_numel)
         wire = state.accum if self.plan.comm_dtype == state.accum.dtype else state.accum.to(self.plan.comm_dtype)
         if self.plan.predivide != 1.0:
             wire.div_(self.plan.predivide)
@@ -133,6 +170,13 @@ class GradReducer:
             work = comm.reduce_scatter_tensor(state.bucket.local_partition(wire), wire, group=self.plan.group, async_op=True)
         state.launched = True
         self._pending.append((state, work, wire))
+        while len(self._pending) > MAX_IN_FLIGHT:
+            self._finish_oldest()
+
+    def _finish_oldest(self) -> None:
+        state, work, wire = self._pending.pop(0)
+        work.wait()
+        self._finish(state, wire)
 
     def end_backward(self) -> None:
         """Flush buckets not yet launched, wait for every collective, finish the reduction."""
@@ -140,10 +184,8 @@ class GradReducer:
         if not self.sync:
             return
         self._launch_in_order(flush=True)
-        for state, work, wire in self._pending:
-            work.wait()
-            self._finish(state, wire)
-        self._pending.clear()
+        while self._pending:
+            self._finish_oldest()
 
     def _finish(self, state: BucketGrads, wire: torch.Tensor) -> None:
         bucket = state.bucket
@@ -165,7 +207,8 @@ class GradReducer:
         else:
             state.partition.copy_(reduced)
             state.has_partition_grad = True
-        state.accum = None  # free the staging buffer: no rank keeps full gradients
+        self._staging.release(state.accum)  # no rank keeps full gradients past their reduction
+        state.accum = None
 
     # -- what the optimizer reads -------------------------------------------------------
     def grad_view(self, bucket_index: int) -> torch.Tensor:
@@ -181,7 +224,9 @@ class GradReducer:
             else:
                 state.partition.zero_()
                 state.has_partition_grad = False
-                state.accum = None
+                if state.accum is not None:
+                    self._staging.release(state.accum)
+                    state.accum = None
 
     def remove_hooks(self) -> None:
         for hook in self._hooks:
@@ -189,9 +234,13 @@ class GradReducer:
         self._hooks = []
 
     def memory_bytes(self) -> int:
+        """Persistent gradient bytes: full buffers (stage 0/1) or the partition (stage 2)."""
         total = 0
         for state in self.states:
-            for tensor in (state.accum, state.partition):
-                if tensor is not None and (self.plan.stage != 1 or tensor is state.accum):
-                    total += tensor.numel() * tensor.element_size()
+            tensor = state.accum if self.plan.stage <= 1 else state.partition
+            total += tensor.numel() * tensor.element_size()
         return total
+
+    def staging_bytes(self) -> int:
+        """Stage 2's reusable staging buffers (a few buckets, not a whole gradient)."""
+        return 0 if self._staging is None else self._staging.bytes()

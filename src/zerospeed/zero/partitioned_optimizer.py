@@ -3,14 +3,19 @@
 Per bucket the optimizer owns a *master* range: the whole bucket at stage 0, this rank's
 partition at stages 1 and 2. In fp32 without offload the master is a view of the model's
 own storage (no copy: 4 bytes/param less than DeepSpeed's stage 1/2 keep). With bf16,
-fp16 or CPU offload the master is an fp32 copy on its tier. The torch optimizer sees one
+fp16 or offload the master is an fp32 copy on its tier. The torch optimizer sees one
 1-D piece per parameter (the part of the parameter inside the master range), so
 per-tensor optimizers such as LAMB keep per-parameter semantics at stage 0 and
 optimizer state exists only for this rank's elements at stages 1 and 2.
+
+Where masters and states live between steps is the tier's business (`zero.offload`): the
+step asks it to swap each chunk of masters in before stepping it and out after; in
+memory (offload none/cpu) that is one chunk and no swapping, on NVMe one file per chunk.
 """
 
 from __future__ import annotations
 
+import contextlib
 import math
 from dataclasses import dataclass
 
@@ -20,14 +25,16 @@ from zerospeed import comm
 from zerospeed.runtime.precision import LossScaler
 from zerospeed.zero.flat import FlatBucket
 from zerospeed.zero.grad_reducer import GradReducer
+from zerospeed.zero.offload.tier import NVMeSettings, ResidentTier
 
 
 @dataclass(frozen=True)
 class OffloadPolicy:
     """Where the master weights and optimizer states live (offload_optimizer)."""
 
-    device: str = "none"  # "none" | "cpu"
+    device: str = "none"  # "none" | "cpu" | "nvme"
     pin_memory: bool = False
+    nvme: NVMeSettings | None = None  # paths, buffers, pipelining and aio when something goes to NVMe
 
 
 @dataclass(frozen=True)
@@ -58,7 +65,7 @@ class MasterRange:
         self.bucket = bucket
         self.range = (0, bucket.layout.padded_numel) if stage == 0 else bucket.layout.partition_range(bucket.rank)
         working = bucket.data[self.range[0] : self.range[1]]
-        self.offloaded = offload.device == "cpu"
+        self.offloaded = offload.device in ("cpu", "nvme")  # an fp32 master in host memory (NVMe: between swaps)
         self.shares_storage = bucket.dtype == torch.float32 and not self.offloaded
         if self.shares_storage:
             self.weights = working
@@ -66,16 +73,18 @@ class MasterRange:
             device = "cpu" if self.offloaded else working.device
             source = working if initial_fp32 is None else initial_fp32[self.range[0] : self.range[1]]
             self.weights = source.detach().to(device=device, dtype=torch.float32, copy=True)
-            if self.offloaded and offload.pin_memory:
+            if offload.device == "cpu" and offload.pin_memory:
                 self.weights = accelerator.pin_memory(self.weights)
-        self.grad = None if not self.offloaded else torch.zeros_like(self.weights)
+        # The gradient the step reads: a host fp32 copy on the CPU tier; on NVMe the optimizer
+        # adds one only where the reduced gradient is not already fp32 in host memory.
+        self.grad = torch.zeros_like(self.weights) if offload.device == "cpu" else None
         self.pieces: list[torch.Tensor] = []
         for _, start, end in bucket.pieces(*self.range):
             self.pieces.append(self.weights[start - self.range[0] : end - self.range[0]])
 
     def bind_grads(self, reduced: torch.Tensor) -> None:
         """Point each piece's `.grad` at its slice of the gradient the step will read."""
-        source = self.grad if self.offloaded else reduced
+        source = self.grad if self.grad is not None else reduced
         for piece, (_, start, end) in zip(self.pieces, self.bucket.pieces(*self.range)):
             piece.grad = source[start - self.range[0] : end - self.range[0]]
 
@@ -98,6 +107,7 @@ class ZeroOptimizer:
         clip_norm: float,
         dp_group=None,
         model_parallel_group=None,
+        tier=None,
     ) -> None:
         self.optimizer = inner
         self.dp_group = dp_group
@@ -108,8 +118,15 @@ class ZeroOptimizer:
         self.loss_scaler = loss_scaler
         self.clip_norm = clip_norm
         self.global_grad_norm: float | None = None
+        self.tier = tier if tier is not None else ResidentTier(masters)
+        self.tier.attach(inner)
+        self._master_index = {id(m): i for i, m in enumerate(self.masters)}
         for index, master in enumerate(self.masters):
-            master.bind_grads(reducer.grad_view(index))
+            reduced = reducer.grad_view(index)
+            if master.offloaded and master.grad is None and not _host_fp32(reduced):
+                master.grad = torch.zeros(reduced.numel(), dtype=torch.float32)
+            if not self.tier.chunked:  # chunked tiers bind each chunk's grads when it is resident
+                master.bind_grads(reduced)
 
     # -- DeepSpeed-compatible surface -------------------------------------------------
     @property
@@ -134,6 +151,12 @@ class ZeroOptimizer:
 
     def zero_grad(self, set_to_none: bool = True) -> None:
         self.reducer.zero()
+
+    def materialized(self, masters=None):
+        """Context in which every fp32 master and optimizer state is in memory (a no-op unless
+        offloaded to NVMe); what is changed inside is written back when it exits. Checkpoint
+        code reading `logical_pieces()` and `state[piece.tensor]` runs inside it."""
+        return self.tier.materialized(masters)
 
     # -- what the engine calls around backward ------------------------------------------
     def begin_backward(self, sync: bool) -> None:
@@ -183,18 +206,33 @@ class ZeroOptimizer:
                 coefficient *= clip
         for index, master in enumerate(self.masters):
             reduced = self.reducer.grad_view(index)
-            if master.offloaded:
+            if master.grad is not None:
                 master.grad.copy_(reduced, non_blocking=True)
             if coefficient != 1.0:
-                (master.grad if master.offloaded else reduced).mul_(coefficient)
-        self.optimizer.step()
-        for master in self.masters:
-            master.write_back()
+                (master.grad if master.grad is not None else reduced).mul_(coefficient)
+        self._step_chunks()
         if self.stage >= 1 and comm.get_world_size(self.dp_group) > 1:
             self._gather_params()
         self.reducer.zero()
         self.loss_scaler.update_scale(False)
         return True
+
+    def _step_chunks(self) -> None:
+        """Step the inner optimizer chunk by chunk as the tier swaps masters in and out."""
+        tier = self.tier
+        for chunk in range(tier.num_chunks):
+            masters = tier.swap_in(chunk)
+            if tier.chunked:
+                for master in masters:
+                    master.bind_grads(self.reducer.grad_view(self._master_index[id(master)]))
+                with _stepping_only(self.optimizer, [p for m in masters for p in m.pieces]):
+                    self.optimizer.step()
+            else:
+                self.optimizer.step()
+            for master in masters:
+                master.write_back()
+            tier.swap_out(chunk)
+        tier.finish()
 
     def _gather_params(self) -> None:
         works = [
@@ -212,7 +250,9 @@ class ZeroOptimizer:
 
         A checkpoint stores pieces under these logical coordinates, so it can be loaded
         into any world size or stage: a loader copies the overlap of saved and owned ranges.
+        Offloaded to NVMe, call it inside `materialized()`.
         """
+        self.tier.require_resident("logical_pieces()")
         found = []
         for master_index, master in enumerate(self.masters):
             layout = master.bucket.layout
@@ -228,14 +268,16 @@ class ZeroOptimizer:
 
     def refresh_master_from_working(self) -> None:
         """After the model's weights were overwritten (module-only load), copy them into masters."""
-        for master in self.masters:
-            if not master.shares_storage:
-                master.weights.copy_(master.bucket.data[master.range[0] : master.range[1]])
+        with self.tier.materialized():
+            for master in self.masters:
+                if not master.shares_storage:
+                    master.weights.copy_(master.bucket.data[master.range[0] : master.range[1]])
 
     def sync_working_from_master(self) -> None:
         """After master weights were overwritten (checkpoint load), update the model everywhere."""
-        for master in self.masters:
-            master.write_back()
+        with self.tier.materialized():
+            for master in self.masters:
+                master.write_back()
         if self.stage >= 1 and comm.get_world_size(self.dp_group) > 1:
             self._gather_params()
 
@@ -247,6 +289,7 @@ class ZeroOptimizer:
             "grads": self.reducer.memory_bytes(),
             "master": self.master_bytes(),
             "optimizer_states": self.state_bytes(),
+            "comm_buffers": self.reducer.staging_bytes(),
         }
 
     def state_bytes(self) -> int:
@@ -266,3 +309,21 @@ class ZeroOptimizer:
     def load_state_dict(self, state: dict) -> None:
         self.optimizer.load_state_dict(state["optimizer"])
         self.loss_scaler.load_state_dict(state["loss_scaler"])
+
+
+def _host_fp32(tensor: torch.Tensor) -> bool:
+    return tensor.dtype == torch.float32 and tensor.device.type == "cpu"
+
+
+@contextlib.contextmanager
+def _stepping_only(optimizer: torch.optim.Optimizer, pieces: list[torch.Tensor]):
+    """Let `optimizer.step()` see only `pieces` (one swapped-in chunk); state stays keyed by tensor."""
+    wanted = {id(p) for p in pieces}
+    saved = [group["params"] for group in optimizer.param_groups]
+    for group in optimizer.param_groups:
+        group["params"] = [p for p in group["params"] if id(p) in wanted]
+    try:
+        yield
+    finally:
+        for group, params in zip(optimizer.param_groups, saved):
+            group["params"] = params
