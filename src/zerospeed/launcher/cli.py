@@ -25,6 +25,7 @@ SUBCOMMANDS: dict[str, str] = {
     "report": "zerospeed.launcher.report",
     "consolidate": "zerospeed.checkpoint.cli",
     "plot": "zerospeed.launcher.plot",
+    "io-bench": "zerospeed.launcher.io_bench",
 }
 
 

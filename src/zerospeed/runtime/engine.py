@@ -26,6 +26,7 @@ from zerospeed.runtime.precision import precision_from_config
 from zerospeed.runtime.timers import BACKWARD, FORWARD, STEP, ThroughputTimer, Timers
 from zerospeed.utils.logging import log_dist
 from zerospeed.zero.builder import build_zero_optimizer
+from zerospeed.zero.offload import NVMeSettings
 from zerospeed.zero.partitioned_optimizer import OffloadPolicy
 
 SUPPORTED_STAGES = (0, 1, 2, 3)
@@ -115,12 +116,8 @@ class Engine(torch.nn.Module):
         zero = self._config.zero_optimization
         offload = zero.offload_optimizer
         offload_device = getattr(offload, "device", "none") if offload is not None else "none"
-        if offload_device not in ("none", "cpu"):
-            raise ConfigError(
-                f"zero_optimization.offload_optimizer.device={offload_device!r} is not available yet; allowed: 'none', 'cpu'"
-            )
-        if offload_device == "cpu" and self._stage == 0:
-            raise ConfigError("zero_optimization.offload_optimizer needs stage 1 or 2, got stage 0")
+        if offload_device != "none" and self._stage == 0:
+            raise ConfigError(f"zero_optimization.offload_optimizer (device {offload_device!r}) needs stage 1, 2 or 3, got stage 0")
 
         def make_inner(master_groups):
             if isinstance(client_optimizer, torch.optim.Optimizer):
@@ -132,7 +129,7 @@ class Engine(torch.nn.Module):
                 inner = client_optimizer(master_groups)
             else:
                 inner = optimizers.build_optimizer(
-                    self._config.optimizer, master_groups, cpu_offload=offload_device == "cpu"
+                    self._config.optimizer, master_groups, cpu_offload=offload_device != "none"
                 )
             if self._stage >= 1 and not optimizers.is_zero_supported_optimizer(inner) and not self._config.zero_allow_untested_optimizer:
                 raise ConfigError(
@@ -151,7 +148,8 @@ class Engine(torch.nn.Module):
             policy=self.policy,
             loss_scaler=self.loss_scaler,
             clip_norm=float(self._config.gradient_clipping or 0.0),
-            offload=OffloadPolicy(offload_device, bool(getattr(offload, "pin_memory", False))),
+            offload=OffloadPolicy(offload_device, bool(getattr(offload, "pin_memory", False)),
+                                  nvme=NVMeSettings.from_config(self._config)),
             world_size=self.dp_world_size,
             rank=self.dp_rank,
             predivide=predivide,

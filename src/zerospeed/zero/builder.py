@@ -14,6 +14,7 @@ import torch
 from zerospeed.runtime.precision import LossScaler, PrecisionPolicy
 from zerospeed.zero.flat import FlatBucket, bucket_layout, flatten_copy, plan_buckets
 from zerospeed.zero.grad_reducer import GradReducer, ReducePlan
+from zerospeed.zero.offload import build_optimizer_tier
 from zerospeed.zero.partitioned_optimizer import MasterRange, OffloadPolicy, ZeroOptimizer
 
 # Buckets larger than this only delay the first collective (no overlap) and cost memory;
@@ -76,6 +77,9 @@ def build_zero_optimizer(
         )
     names = {id(p): n for n, p in module.named_parameters(remove_duplicate=False)}
     bucket_numel = max(1, min(int(reduce_bucket_size), MAX_BUCKET_NUMEL))
+    total_numel = sum(p.numel() for g in groups for p in g["params"])
+    tier = build_optimizer_tier(offload, expected_numel=-(-total_numel // world_size), group=dp_group)
+    bucket_numel = min(bucket_numel, tier.bucket_numel_limit(world_size) or bucket_numel)
     buckets, masters, master_group = [], [], []
     for group_index, params in _bucket_params(groups, module, bucket_numel):
         layout = bucket_layout([p.numel() for p in params], world_size)
@@ -83,6 +87,7 @@ def build_zero_optimizer(
         bucket = FlatBucket(params, [names.get(id(p), "<external>") for p in params], world_size, rank, policy.param_dtype)
         buckets.append(bucket)
         masters.append(MasterRange(bucket, stage, offload, accelerator, initial_fp32=initial))
+        tier.add(masters[-1])  # NVMe: written to its swap file, memory released
         master_group.append(group_index)
     plan = ReducePlan(
         stage=stage,
@@ -101,5 +106,6 @@ def build_zero_optimizer(
         master_groups.append({"params": pieces, **options})
     inner = make_inner(master_groups)
     return ZeroOptimizer(
-        inner, masters, reducer, stage, loss_scaler, clip_norm, dp_group=dp_group, model_parallel_group=model_parallel_group
+        inner, masters, reducer, stage, loss_scaler, clip_norm, dp_group=dp_group, model_parallel_group=model_parallel_group,
+        tier=tier,
     )

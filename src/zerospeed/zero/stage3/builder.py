@@ -10,6 +10,7 @@ per use.
 
 from __future__ import annotations
 
+import functools
 import sys
 from dataclasses import dataclass
 from typing import Callable
@@ -19,6 +20,7 @@ import torch
 from zerospeed.errors import ConfigError
 from zerospeed.runtime.precision import LossScaler, PrecisionPolicy
 from zerospeed.zero.grad_reducer import ReducePlan
+from zerospeed.zero.offload import build_optimizer_tier, build_param_tier
 from zerospeed.zero.partitioned_optimizer import OffloadPolicy
 from zerospeed.zero.stage3.coordinator import FetchPolicy, Stage3Coordinator
 from zerospeed.zero.stage3.grads import UnitGradReducer
@@ -35,7 +37,7 @@ class Stage3Settings:
     persistence_threshold: int = 100_000
     model_persistence_threshold: int = sys.maxsize
     fetch: FetchPolicy = FetchPolicy()
-    offload_param: str = "none"  # "none" | "cpu"
+    offload_param: str = "none"  # "none" | "cpu" | "nvme"
     pin_memory: bool = False
 
     @classmethod
@@ -44,10 +46,6 @@ class Stage3Settings:
             return cls()
         offload = zero.offload_param
         device = offload.device if offload is not None else "none"
-        if device not in ("none", "cpu"):
-            raise ConfigError(
-                f"zero_optimization.offload_param.device={device!r} is not available yet; allowed: 'none', 'cpu'"
-            )
         return cls(
             persistence_threshold=int(zero.stage3_param_persistence_threshold),
             model_persistence_threshold=int(zero.stage3_model_persistence_threshold),
@@ -111,8 +109,12 @@ def build_stage3_optimizer(
             "registered in the model; stage 3 partitions the model's parameters, so register them as module attributes"
         )
     compute_device = next((p.device for p in module.parameters()), torch.device("cpu"))
-    shard_device = torch.device("cpu") if settings.offload_param == "cpu" else compute_device
+    shard_device = torch.device("cpu") if settings.offload_param in ("cpu", "nvme") else compute_device
     persistent, owned = plan_units(module, settings)
+    shard_numel = sum(-(-logical_numel(p) // world_size) for p in module.parameters())
+    param_tier = build_param_tier(offload, settings.offload_param, group=group,
+                                  expected_bytes=shard_numel * torch.empty((), dtype=policy.param_dtype).element_size())
+    tier = build_optimizer_tier(offload, expected_numel=shard_numel, group=group)
 
     units: list[ParamUnit] = []
     initial: dict[int, torch.Tensor] = {}
@@ -125,8 +127,9 @@ def build_stage3_optimizer(
         working = fp32 if policy.param_dtype == torch.float32 else fp32.to(policy.param_dtype)
         if settings.offload_param == "cpu" and settings.pin_memory:
             working = accelerator.pin_memory(working)
-        unit = ParamUnit(params, [names.get(id(p), n) for n, p in members], label, working, rank=rank,
-                         world_size=world_size, compute_device=compute_device, persistent=is_persistent, group=group)
+        unit = param_tier.make_unit(params, [names.get(id(p), n) for n, p in members], label, working, rank=rank,
+                                    world_size=world_size, compute_device=compute_device, persistent=is_persistent,
+                                    group=group)
         if working is not fp32:
             initial[id(unit)] = fp32
         units.append(unit)
@@ -161,7 +164,11 @@ def build_stage3_optimizer(
     for unit in trainable:
         members = [i for i, p in enumerate(unit.params) if id(p) in trainable_ids]
         masters.append(UnitMaster(unit, members, offload, accelerator, initial.get(id(unit)),
-                                  param_offloaded=settings.offload_param == "cpu"))
+                                  param_offloaded=settings.offload_param == "cpu", param_tier=param_tier))
+        tier.add(masters[-1])  # NVMe: written to its swap file, memory released
+        param_tier.seal([unit])  # NVMe: the master has its values, the shard can go to disk
+        unit.on_shard_written = functools.partial(_refresh_master, tier, masters[-1])
+    param_tier.seal(units)
     master_groups = []
     for group_index, group_options in enumerate(groups):
         options = {k: v for k, v in group_options.items() if k != "params"}
@@ -172,4 +179,11 @@ def build_stage3_optimizer(
         if unit.persistent:
             unit.fetch()
     inner = make_inner(master_groups)
-    return Stage3Optimizer(inner, masters, reducer, loss_scaler, clip_norm, coordinator, units)
+    return Stage3Optimizer(inner, masters, reducer, loss_scaler, clip_norm, coordinator, units, tier=tier,
+                           param_tier=param_tier)
+
+
+def _refresh_master(tier, master) -> None:
+    """A unit's shard was edited in place (GatheredParameters modifier): update its master."""
+    with tier.materialized([master]):
+        master.refresh_from_shard()

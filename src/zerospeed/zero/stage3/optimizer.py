@@ -12,6 +12,7 @@ from __future__ import annotations
 import torch
 
 from zerospeed import comm
+from zerospeed.zero.offload.tier import ResidentParamTier
 from zerospeed.zero.partitioned_optimizer import LogicalPiece, OffloadPolicy, ZeroOptimizer
 from zerospeed.zero.stage3.coordinator import Stage3Coordinator
 from zerospeed.zero.stage3.grads import UnitGradReducer
@@ -22,20 +23,23 @@ class UnitMaster:
     """One unit's fp32 master (this rank's shard) and one optimizer piece per trainable member."""
 
     def __init__(self, unit: ParamUnit, trainable: list[int], offload: OffloadPolicy, accelerator,
-                 initial_fp32: torch.Tensor | None = None, param_offloaded: bool = False) -> None:
+                 initial_fp32: torch.Tensor | None = None, param_offloaded: bool = False, param_tier=None) -> None:
         self.unit = unit
-        self.offloaded = offload.device == "cpu"
-        # The shard itself is the master when it already is fp32 on the optimizer's tier.
-        self.shares_storage = unit.shard.dtype == torch.float32 and self.offloaded == param_offloaded
+        self.param_tier = param_tier if param_tier is not None else ResidentParamTier()
+        self.offloaded = offload.device in ("cpu", "nvme")
+        # The shard itself is the master when it already is fp32 on the optimizer's tier (and
+        # neither is swapped to NVMe: they travel separately there).
+        self.shares_storage = (unit.shard.dtype == torch.float32 and self.offloaded == param_offloaded
+                               and offload.device != "nvme" and self.param_tier.resident)
         if self.shares_storage:
             self.weights = unit.shard
         else:
             device = "cpu" if self.offloaded else unit.compute_device
             source = unit.shard if initial_fp32 is None else initial_fp32
             self.weights = source.detach().to(device=device, dtype=torch.float32, copy=True)
-            if self.offloaded and offload.pin_memory:
+            if offload.device == "cpu" and offload.pin_memory:
                 self.weights = accelerator.pin_memory(self.weights)
-        self.grad = torch.zeros_like(self.weights) if self.offloaded else None
+        self.grad = torch.zeros_like(self.weights) if offload.device == "cpu" else None
         self.members: list[int] = []  # member index of each piece
         self.pieces: list[torch.Tensor] = []
         for index in trainable:
@@ -53,27 +57,29 @@ class UnitMaster:
             yield offset, offset + end - start
 
     def bind_grads(self, reduced: torch.Tensor) -> None:
-        source = self.grad if self.offloaded else reduced
+        source = self.grad if self.grad is not None else reduced
         for piece, (start, end) in zip(self.pieces, self._ranges()):
             piece.grad = source[start:end]
 
     def write_back(self) -> None:
         if not self.shares_storage:
-            self.unit.shard.copy_(self.weights, non_blocking=True)
+            self.param_tier.store(self.unit, self.weights)
 
     def refresh_from_shard(self) -> None:
         if not self.shares_storage:
-            self.weights.copy_(self.unit.shard)
+            with self.param_tier.readable(self.unit):
+                self.weights.copy_(self.unit.shard)
 
 
 class Stage3Optimizer(ZeroOptimizer):
     """ZeroOptimizer over unit masters; the coordinator fetches and releases parameters."""
 
     def __init__(self, inner, masters: list[UnitMaster], reducer: UnitGradReducer, loss_scaler, clip_norm: float,
-                 coordinator: Stage3Coordinator, units: list[ParamUnit]) -> None:
-        super().__init__(inner, masters, reducer, 3, loss_scaler, clip_norm)
+                 coordinator: Stage3Coordinator, units: list[ParamUnit], tier=None, param_tier=None) -> None:
+        super().__init__(inner, masters, reducer, 3, loss_scaler, clip_norm, tier=tier)
         self.coordinator = coordinator
         self.units = units
+        self.param_tier = param_tier
 
     def begin_backward(self, sync: bool) -> None:
         self.reducer.begin_backward(sync)
@@ -97,6 +103,7 @@ class Stage3Optimizer(ZeroOptimizer):
         self.coordinator.refresh_after_step()
 
     def logical_pieces(self) -> list[LogicalPiece]:
+        self.tier.require_resident("logical_pieces()")
         found = []
         for master in self.masters:
             unit = master.unit
@@ -106,12 +113,14 @@ class Stage3Optimizer(ZeroOptimizer):
         return found
 
     def refresh_master_from_working(self) -> None:
-        for master in self.masters:
-            master.refresh_from_shard()
+        with self.tier.materialized():
+            for master in self.masters:
+                master.refresh_from_shard()
 
     def sync_working_from_master(self) -> None:
-        for master in self.masters:
-            master.write_back()
+        with self.tier.materialized():
+            for master in self.masters:
+                master.write_back()
         self._gather_params()
 
     def memory_report(self) -> dict[str, int]:
