@@ -88,13 +88,31 @@ def reference_run(steps: int, world: int, micro: int, gas: int, lr: float, clip:
     return losses, {n: p.detach().clone() for n, p in model.named_parameters()}
 
 
+def train_steps(engine, steps: int, micro: int, gas: int) -> list[float]:
+    """Train `steps` optimizer steps on this rank's slice; the global mean loss of each step."""
+    from zerospeed import comm
+
+    rank, world = comm.get_rank(), comm.get_world_size()
+    losses = []
+    for step in range(steps):
+        total = torch.zeros(())
+        for m in range(gas):
+            tokens, targets = global_micro_batch(step, m, micro * world)
+            mine = slice(rank * micro, (rank + 1) * micro)
+            loss = engine(tokens[mine], targets[mine], use_sometimes(step))
+            engine.backward(loss)
+            engine.step()
+            total += loss.detach().float()
+        comm.all_reduce(total)
+        losses.append(float(total) / (gas * world))
+    return losses
+
+
 def zerospeed_run(steps: int, micro: int, gas: int, lr: float, clip: float, two_groups: bool, extra: dict,
                   weight_decay: float = 0.01) -> tuple[list[float], dict[str, torch.Tensor], dict]:
     """zerospeed on this rank; returns global mean losses per step, final params and facts."""
     import zerospeed
-    from zerospeed import comm
 
-    rank, world = comm.get_rank(), comm.get_world_size()
     model = make_model()
     config = {
         "train_micro_batch_size_per_gpu": micro,
@@ -108,18 +126,7 @@ def zerospeed_run(steps: int, micro: int, gas: int, lr: float, clip: float, two_
     engine, optimizer, _, _ = zerospeed.initialize(
         model=model, model_parameters=param_groups(model, two_groups, lr), config=config
     )
-    losses = []
-    for step in range(steps):
-        total = torch.zeros(())
-        for m in range(gas):
-            tokens, targets = global_micro_batch(step, m, micro * world)
-            mine = slice(rank * micro, (rank + 1) * micro)
-            loss = engine(tokens[mine], targets[mine], use_sometimes(step))
-            engine.backward(loss)
-            engine.step()
-            total += loss.detach().float()
-        comm.all_reduce(total)
-        losses.append(float(total) / (gas * world))
+    losses = train_steps(engine, steps, micro, gas)
     facts = {
         "global_steps": engine.global_steps, "micro_steps": engine.micro_steps, "global_samples": engine.global_samples,
         "skipped_steps": engine.skipped_steps, "memory": engine.memory_report(),

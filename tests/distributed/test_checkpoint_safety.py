@@ -5,7 +5,6 @@ test hook ZEROSPEED_CKPT_CRASH_AT=<phase> and is SIGKILLed there. Every failure 
 raise CheckpointError naming the cause, on every rank, before any rank changes state.
 """
 
-import json
 import os
 import shutil
 import signal

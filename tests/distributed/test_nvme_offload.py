@@ -95,3 +95,81 @@ def test_stage3_nvme_params_and_optimizer_match_in_memory(swap_root):
     assert facts["param_io"]["bytes_read"] > 0 and facts["param_io"]["bytes_written"] > 0
     assert facts["optimizer_io"]["bytes_read"] > 0 and facts["optimizer_io"]["bytes_written"] > 0
     assert not [n for n in os.listdir(swap_root) if n.startswith("zerospeed-swap-")]
+
+
+def _train(engine, steps, start, micro=2):
+    from tests.distributed.parity import global_micro_batch, use_sometimes
+    from zerospeed import comm
+
+    rank, world = comm.get_rank(), comm.get_world_size()
+    losses = []
+    for step in range(start, start + steps):
+        tokens, targets = global_micro_batch(step, 0, micro * world)
+        mine = slice(rank * micro, (rank + 1) * micro)
+        loss = engine(tokens[mine], targets[mine], use_sometimes(step))
+        engine.backward(loss)
+        engine.step()
+        losses.append(float(loss))
+    return losses
+
+
+def checkpoint_resume_run(swap_root, checkpoint_dir):
+    """Train 6 steps straight; then 3, save, reload into a fresh engine, 3 more: same numbers."""
+    import zerospeed
+    from tests.distributed.parity import make_model
+
+    config = {"train_micro_batch_size_per_gpu": 2, "steps_per_print": 1000, "gradient_clipping": 0.5,
+              "optimizer": {"type": "AdamW", "params": {"lr": LR, "weight_decay": 0.01}},
+              "zero_optimization": {"stage": 2, "reduce_bucket_size": 300, "sub_group_size": 200,
+                                    "offload_optimizer": _nvme(swap_root, pipeline_read=True, pipeline_write=True)}}
+
+    def engine():
+        model = make_model()
+        return zerospeed.initialize(model=model, model_parameters=model.parameters(), config=config)[0]
+
+    straight = engine()
+    expected = _train(straight, 6, 0)
+    first = engine()
+    _train(first, 3, 0)
+    with first.optimizer.materialized():  # what checkpoint code calls around save/load under NVMe
+        first.save_checkpoint(checkpoint_dir, tag="t3")
+    second = engine()
+    with second.optimizer.materialized():
+        second.load_checkpoint(checkpoint_dir, tag="t3")
+    resumed = _train(second, 3, 3)
+    refused = False
+    try:
+        second.save_checkpoint(checkpoint_dir, tag="outside")
+    except Exception as error:  # noqa: BLE001 - the message is what matters
+        refused = "materialized" in str(error)
+    same = all(torch.equal(p, q) for p, q in zip(straight.module.parameters(), second.module.parameters()))
+    return expected[3:], resumed, same, refused
+
+
+def test_checkpoint_save_and_load_inside_materialized(swap_root):
+    checkpoint_dir = os.path.join(swap_root, "ckpt")
+    for expected, resumed, same, refused in run_distributed(checkpoint_resume_run, 2, swap_root, checkpoint_dir):
+        assert resumed == expected
+        assert same
+        assert refused  # outside materialized() the swapped-out states are not silently saved
+
+
+def bad_path_run(path):
+    import zerospeed
+    from tests.distributed.parity import make_model
+    from zerospeed.errors import ConfigError
+
+    model = make_model()
+    config = {"train_micro_batch_size_per_gpu": 1, "optimizer": {"type": "AdamW", "params": {"lr": LR}},
+              "zero_optimization": {"stage": 2, "offload_optimizer": _nvme(path)}}
+    try:
+        zerospeed.initialize(model=model, model_parameters=model.parameters(), config=config)
+    except ConfigError as error:
+        return str(error)
+    return None
+
+
+def test_missing_nvme_path_fails_on_every_rank_before_training(swap_root):
+    missing = os.path.join(swap_root, "not-there")
+    messages = run_distributed(bad_path_run, 2, missing)
+    assert all(m is not None and missing in m and "does not exist" in m for m in messages)

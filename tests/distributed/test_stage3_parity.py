@@ -7,11 +7,10 @@ launch to keep the suite fast on 2 cores.
 
 import pytest
 import torch
-import torch.nn.functional as F
 
 from tests.distributed.launcher import run_distributed
 from tests.distributed.parity import (
-    global_micro_batch, make_model, param_groups, reference_run, use_sometimes,
+    global_micro_batch, make_model, param_groups, reference_run, train_steps,
 )
 
 STEPS, LR = 10, 3e-3
@@ -22,7 +21,7 @@ def stage3_run(steps, micro, gas, lr, clip, two_groups, zero, extra=None, use_in
     import zerospeed
     from zerospeed import comm
 
-    rank, world = comm.get_rank(), comm.get_world_size()
+    world = comm.get_world_size()
     config = {
         "train_micro_batch_size_per_gpu": micro, "gradient_accumulation_steps": gas,
         "optimizer": {"type": "AdamW", "params": {"lr": lr, "weight_decay": 0.01}},
@@ -37,18 +36,7 @@ def stage3_run(steps, micro, gas, lr, clip, two_groups, zero, extra=None, use_in
     shard_numels = {n: p.ds_tensor.numel() for n, p in model.named_parameters() if hasattr(p, "ds_tensor")}
     engine, _, _, _ = zerospeed.initialize(model=model, model_parameters=param_groups(model, two_groups, lr),
                                            config=config)
-    losses = []
-    for step in range(steps):
-        total = torch.zeros(())
-        for m in range(gas):
-            tokens, targets = global_micro_batch(step, m, micro * world)
-            mine = slice(rank * micro, (rank + 1) * micro)
-            loss = engine(tokens[mine], targets[mine], use_sometimes(step))
-            engine.backward(loss)
-            engine.step()
-            total += loss.detach().float()
-        comm.all_reduce(total)
-        losses.append(float(total) / (gas * world))
+    losses = train_steps(engine, steps, micro, gas)
     released = {n: p.data.numel() for n, p in engine.module.named_parameters()}
     tokens, targets = global_micro_batch(999, 0, micro * world)
     with torch.no_grad():  # eval forward: fetch/release without backward, same numbers as gathered weights

@@ -20,7 +20,7 @@ def _build(name: str) -> Accelerator:
     import torch
 
     if not torch.cuda.is_available():
-        raise ConfigError(f"ZEROSPEED_ACCELERATOR='cuda' but torch sees no CUDA device; allowed here: 'cpu'")
+        raise ConfigError("ZEROSPEED_ACCELERATOR='cuda' but torch sees no CUDA device; allowed here: 'cpu'")
     from zerospeed.accelerator.cuda import CudaAccelerator
 
     return CudaAccelerator()

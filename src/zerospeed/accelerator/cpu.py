@@ -8,7 +8,6 @@ import time
 from typing import Any
 
 import psutil
-import torch
 
 from zerospeed.accelerator.abstract import Accelerator
 

@@ -21,8 +21,6 @@ def _script() -> list[str]:
 
 
 def _run(*args: str, env_extra: dict | None = None) -> subprocess.CompletedProcess:
-    import os
-
     env = {**os.environ, **(env_extra or {})}
     return subprocess.run([*_script(), *args], capture_output=True, text=True, timeout=120, env=env)
 

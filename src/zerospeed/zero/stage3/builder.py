@@ -157,9 +157,6 @@ def build_stage3_optimizer(
     trainable_ids = set(group_of)
     ignored = [p for u in units for p in u.params if p.requires_grad and id(p) not in trainable_ids]
     coordinator = Stage3Coordinator(module, units, module_units, settings.fetch)
-    plan = ReducePlan(stage=3, world_size=world_size, accum_dtype=policy.grad_accum_dtype,
-                      comm_dtype=policy.comm_dtype, predivide=predivide, postdivide=world_size / predivide)
-    reducer = UnitGradReducer(trainable, trainable_ids, plan, coordinator.on_grads_reduced, ignored)
     masters = []
     for unit in trainable:
         members = [i for i, p in enumerate(unit.params) if id(p) in trainable_ids]
@@ -169,6 +166,10 @@ def build_stage3_optimizer(
         param_tier.seal([unit])  # NVMe: the master has its values, the shard can go to disk
         unit.on_shard_written = functools.partial(_refresh_master, tier, masters[-1])
     param_tier.seal(units)
+    # Gradient partitions come after masters so that, with NVMe, shards leave memory first.
+    plan = ReducePlan(stage=3, world_size=world_size, accum_dtype=policy.grad_accum_dtype,
+                      comm_dtype=policy.comm_dtype, predivide=predivide, postdivide=world_size / predivide)
+    reducer = UnitGradReducer(trainable, trainable_ids, plan, coordinator.on_grads_reduced, ignored)
     master_groups = []
     for group_index, group_options in enumerate(groups):
         options = {k: v for k, v in group_options.items() if k != "params"}
