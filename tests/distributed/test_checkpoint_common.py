@@ -70,16 +70,26 @@ def scramble_rng(seed: int) -> None:
     numpy.random.seed(seed)
 
 
+def full_params(engine) -> dict[str, torch.Tensor]:
+    """The working parameters, whole: gathered at stage 3 (every rank must call), as they are otherwise."""
+    import zerospeed
+
+    params = list(engine.module.parameters())
+    with zerospeed.zero.GatheredParameters(params, enabled=any(hasattr(p, "ds_tensor") for p in params)):
+        return {n: p.detach().clone() for n, p in engine.module.named_parameters()}
+
+
 def state_of(engine) -> dict:
-    """This rank's master pieces with optimizer states, working params, counters, lr, scaler."""
+    """This rank's master pieces with optimizer states, working params (whole), counters, lr, scaler."""
     pieces = []
     for piece in engine.optimizer.logical_pieces():
         state = {k: (v.detach().clone() if isinstance(v, torch.Tensor) else v)
                  for k, v in engine.optimizer.state.get(piece.tensor, {}).items()}
         pieces.append((piece.name, tuple(piece.shape), piece.start, piece.end, piece.tensor.detach().clone(), state))
     return {
+        "stage": engine.zero_optimization_stage(),
         "pieces": pieces,
-        "params": {n: p.detach().clone() for n, p in engine.module.named_parameters()},
+        "params": full_params(engine),
         "buffers": {n: b.detach().clone() for n, b in engine.module.named_buffers()},
         "counters": {k: getattr(engine, k) for k in ("global_steps", "global_samples", "micro_steps", "skipped_steps")},
         "lr": engine.get_lr(),

@@ -2,7 +2,9 @@
 
 Compares per-parameter full fp32 masters and optimizer states (exp_avg, exp_avg_sq, step)
 reconstructed from every rank's pieces on both sides, and the consolidated export against
-the in-memory masters. Launches: save (2 ranks, stages 2/1/0), 4 ranks, 2 ranks, 1 rank.
+the in-memory masters. Stage 3 on either side: 3 -> 1, 1 -> 3, 2 -> 4 ranks and back at
+stage 3 (its working parameters compared whole, gathered). Launches: save (2 ranks, stages
+3/2/1/0), 4 ranks, 2 ranks, 1 rank.
 """
 
 import os
@@ -16,10 +18,18 @@ from tests.distributed.launcher import run_distributed
 from zerospeed.errors import CheckpointError
 
 
-def _save_three_stages(root: str) -> dict:
+# Stage 3 with the small parameters persistent and the rest partitioned.
+EXTRA = {3: {"zero_optimization": {"stage3_param_persistence_threshold": 40}}}
+
+
+def _build(stage: int, seed: int):
+    return common.build(stage, EXTRA.get(stage), seed=seed)
+
+
+def _save_four_stages(root: str) -> dict:
     out = {}
-    for stage in (2, 1, 0):
-        engine = common.build(stage, seed=stage)
+    for stage in (3, 2, 1, 0):
+        engine = _build(stage, seed=stage)
         common.scramble_rng(stage)
         common.train(engine, 0, 3)
         engine.save_checkpoint(os.path.join(root, f"w2s{stage}"))
@@ -28,18 +38,21 @@ def _save_three_stages(root: str) -> dict:
 
 
 def _load_and_save_on_four(root: str) -> dict:
-    engine = common.build(2, seed=11)
-    engine.load_checkpoint(os.path.join(root, "w2s2"))
-    loaded = common.state_of(engine)
-    common.train(engine, 3, 1)
-    engine.save_checkpoint(os.path.join(root, "w4s2"))
-    return {"loaded": loaded, "saved": common.state_of(engine)}
+    out = {}
+    for stage in (2, 3):
+        engine = _build(stage, seed=11)
+        engine.load_checkpoint(os.path.join(root, f"w2s{stage}"))
+        loaded = common.state_of(engine)
+        common.train(engine, 3, 1)
+        engine.save_checkpoint(os.path.join(root, f"w4s{stage}"))
+        out[stage] = {"loaded": loaded, "saved": common.state_of(engine)}
+    return out
 
 
 def _load_on_two(root: str) -> dict:
     out = {}
-    for source, stage in (("w4s2", 2), ("w2s2", 1), ("w2s1", 0), ("w2s0", 2)):
-        engine = common.build(stage, seed=11)
+    for source, stage in (("w4s2", 2), ("w4s3", 3), ("w2s2", 1), ("w2s1", 0), ("w2s0", 2), ("w2s3", 1), ("w2s1", 3)):
+        engine = _build(stage, seed=11)
         engine.load_checkpoint(os.path.join(root, source))
         out[(source, stage)] = common.state_of(engine)
     return out
@@ -54,7 +67,7 @@ def _load_on_one(root: str) -> dict:
 @pytest.fixture(scope="module")
 def matrix(tmp_path_factory):
     root = str(tmp_path_factory.mktemp("reshard"))
-    saved = run_distributed(_save_three_stages, 2, root, timeout=240)
+    saved = run_distributed(_save_four_stages, 2, root, timeout=240)
     four = run_distributed(_load_and_save_on_four, 4, root, timeout=240)
     two = run_distributed(_load_on_two, 2, root, timeout=240)
     one = run_distributed(_load_on_one, 1, root, timeout=240)
@@ -69,23 +82,26 @@ def _assert_same_model_state(source_ranks: list[dict], target_ranks: list[dict])
         for key, value in entry.items():
             assert torch.equal(value, actual[name][key]), f"{name}.{key}"
     for name, value in source_ranks[0]["params"].items():
+        assert value.numel() > 0, f"working parameter {name} was not gathered"
         for target in target_ranks:
             assert torch.equal(value, target["params"][name]), f"working parameter {name}"
     assert source_ranks[0]["counters"] == target_ranks[0]["counters"]
     assert source_ranks[0]["lr"] == target_ranks[0]["lr"]
 
 
-def test_two_ranks_to_four(matrix):
+@pytest.mark.parametrize("stage", [2, 3])
+def test_two_ranks_to_four(matrix, stage):
     _, saved, four, _, _ = matrix
-    _assert_same_model_state([r[2] for r in saved], [r["loaded"] for r in four])
+    _assert_same_model_state([r[stage] for r in saved], [r[stage]["loaded"] for r in four])
 
 
-def test_four_ranks_to_two(matrix):
+@pytest.mark.parametrize("stage", [2, 3])
+def test_four_ranks_to_two(matrix, stage):
     _, _, four, two, _ = matrix
-    _assert_same_model_state([r["saved"] for r in four], [r[("w4s2", 2)] for r in two])
+    _assert_same_model_state([r[stage]["saved"] for r in four], [r[(f"w4s{stage}", stage)] for r in two])
 
 
-@pytest.mark.parametrize("source_stage,target_stage", [(2, 1), (1, 0), (0, 2)])
+@pytest.mark.parametrize("source_stage,target_stage", [(2, 1), (1, 0), (0, 2), (3, 1), (1, 3)])
 def test_stage_change_on_two_ranks(matrix, source_stage, target_stage):
     _, saved, _, two, _ = matrix
     _assert_same_model_state([r[source_stage] for r in saved], [r[(f"w2s{source_stage}", target_stage)] for r in two])
@@ -96,20 +112,22 @@ def test_two_ranks_to_one(matrix):
     _assert_same_model_state([r[2] for r in saved], one)
 
 
-def test_consolidated_equals_in_memory_fp32(matrix, tmp_path):
+@pytest.mark.parametrize("stage", [2, 3])
+def test_consolidated_equals_in_memory_fp32(matrix, tmp_path, stage):
     from zerospeed.utils.zero_to_fp32 import (convert_zero_checkpoint_to_fp32_state_dict,
                                                get_fp32_state_dict_from_zero_checkpoint)
 
     root, saved, _, _, _ = matrix
-    masters = common.assemble([r[2] for r in saved])
-    state = get_fp32_state_dict_from_zero_checkpoint(os.path.join(root, "w2s2"))
-    params, buffers = saved[0][2]["params"], saved[0][2]["buffers"]
+    masters = common.assemble([r[stage] for r in saved])
+    state = get_fp32_state_dict_from_zero_checkpoint(os.path.join(root, f"w2s{stage}"))
+    params, buffers = saved[0][stage]["params"], saved[0][stage]["buffers"]  # params: gathered at stage 3
     assert set(state) == set(params) | set(buffers)
     for name, value in state.items():
         assert value.dtype == torch.float32
         expected = masters[name]["master"].view(value.shape) if name in masters else {**params, **buffers}[name]
         assert torch.equal(value, expected), name
-    written = convert_zero_checkpoint_to_fp32_state_dict(os.path.join(root, "w2s2"), str(tmp_path / "hf"),
+        assert value.numel() > 0 and torch.equal(value, {**params, **buffers}[name]), name  # fp32: working == master
+    written = convert_zero_checkpoint_to_fp32_state_dict(os.path.join(root, f"w2s{stage}"), str(tmp_path / "hf"),
                                                          safe_serialization=True)
     assert written == [str(tmp_path / "hf" / "model.safetensors")]
     exported = load_file(written[0])

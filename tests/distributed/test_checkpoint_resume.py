@@ -1,7 +1,8 @@
 """Exact resume: train, save, train on; fresh processes load and train the same steps -> identical numbers.
 
-Bitwise (==, torch.equal) in fp32, bf16 and fp16 on CPU, for stages 0-2, CPU offload and an
-async save taken while training continues. Two launches cover every variant.
+Bitwise (==, torch.equal) in fp32, bf16 and fp16 on CPU, for stages 0-3 (stage 3: whole
+parameters gathered for the comparison), CPU offload and an async save taken while training
+continues. Two launches cover every variant.
 """
 
 import os
@@ -22,6 +23,12 @@ VARIANTS = {
     "stage2-offload": (2, {"zero_optimization": {"stage": 2, "reduce_bucket_size": 300,
                                                  "offload_optimizer": {"device": "cpu"}}}),
     "stage1-async": (1, {}),
+    # Stage 3: some parameters partitioned (empty .data outside a gather), the small ones persistent.
+    "stage3": (3, {"zero_optimization": {"stage3_param_persistence_threshold": 40}}),
+    "stage3-bf16": (3, {"bf16": {"enabled": True}, "zero_optimization": {"stage3_param_persistence_threshold": 0}}),
+    "stage3-offload": (3, {"zero_optimization": {"stage3_param_persistence_threshold": 0,
+                                                 "offload_optimizer": {"device": "cpu"},
+                                                 "offload_param": {"device": "cpu"}}}),
 }
 
 
@@ -70,6 +77,7 @@ def test_resume_is_bitwise_identical(runs, variant):
         assert counters["global_steps"] == SAVE_AT and counters["micro_steps"] == SAVE_AT
         assert losses2 == losses
         for name, value in state["params"].items():
+            assert value.numel() > 0, f"rank {rank} parameter {name} was not gathered"
             assert torch.equal(value, state2["params"][name]), f"rank {rank} parameter {name}"
         for (n, _, s, e, master, opt), (n2, _, s2, e2, master2, opt2) in zip(state["pieces"], state2["pieces"]):
             assert (n, s, e) == (n2, s2, e2)

@@ -9,7 +9,7 @@ import torch
 from zerospeed import comm
 from zerospeed.checkpoint import loader, saver
 from zerospeed.checkpoint.files import write_safetensors
-from zerospeed.checkpoint.state import gathered_module, module_tensors
+from zerospeed.checkpoint.state import gathered_module, rank0_module_tensors
 from zerospeed.utils.logging import log_dist
 
 
@@ -52,19 +52,19 @@ def module_state_dict(engine, destination=None, prefix="", keep_vars=False, excl
 def save_16bit_model(engine, save_dir, save_filename="pytorch_model.bin", exclude_frozen_parameters=False) -> bool:
     """Rank 0 writes the module's weights in the model dtype (safetensors if the name ends so); every rank calls."""
     excluded = {n for n, p in engine.module.named_parameters() if not p.requires_grad} if exclude_frozen_parameters else set()
-    with gathered_module(engine.module):
-        if comm.get_rank() == 0:
-            tensors, _, ties = module_tensors(engine.module, exclude=excluded, clone=True)
-            tensors.update({name: tensors[first] for name, first in ties.items()})
-            os.makedirs(save_dir, exist_ok=True)
-            path = os.path.join(save_dir, save_filename)
-            temp = path + ".tmp"
-            if save_filename.endswith(".safetensors"):
-                write_safetensors(temp, tensors, {"format": "pt"})
-            else:
-                torch.save(tensors, temp)
-            os.replace(temp, path)
-            log_dist(f"saved 16-bit model weights to {path}")
+    module = rank0_module_tensors(engine.module, exclude=excluded, clone=True)  # a collective at stage 3
+    if comm.get_rank() == 0:
+        tensors, _, ties = module
+        tensors.update({name: tensors[first] for name, first in ties.items()})
+        os.makedirs(save_dir, exist_ok=True)
+        path = os.path.join(save_dir, save_filename)
+        temp = path + ".tmp"
+        if save_filename.endswith(".safetensors"):
+            write_safetensors(temp, tensors, {"format": "pt"})
+        else:
+            torch.save(tensors, temp)
+        os.replace(temp, path)
+        log_dist(f"saved 16-bit model weights to {path}")
     if comm.get_world_size() > 1:
         comm.barrier()
     return True

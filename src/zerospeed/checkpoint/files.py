@@ -9,6 +9,7 @@ and dtypes alone, which lets the consolidator stream a model larger than memory.
 
 from __future__ import annotations
 
+import ctypes
 import json
 import os
 import struct
@@ -61,10 +62,18 @@ class _ChecksumWriter:
 
 
 def _tensor_bytes(tensor: torch.Tensor) -> memoryview:
+    """The tensor's bytes without a copy when it is a contiguous CPU tensor.
+
+    Not through `.numpy()`: that marks the storage non-resizable for good, and stage 3's
+    gather buffers (and any tensor sharing their storage) are freed by resizing them.
+    """
     flat = tensor.detach().to("cpu").contiguous().reshape(-1)
-    if flat.numel() == 0:
+    nbytes = flat.numel() * flat.element_size()
+    if nbytes == 0:
         return memoryview(b"")
-    return memoryview(flat.view(torch.uint8).numpy())
+    raw = (ctypes.c_ubyte * nbytes).from_address(flat.data_ptr())
+    raw._owner = flat  # the memoryview keeps `raw` alive, `raw` keeps the tensor alive
+    return memoryview(raw).cast("B")
 
 
 def safetensors_header(specs: Iterable[tuple[str, torch.dtype, tuple[int, ...]]], metadata: dict[str, str] | None) -> bytes:

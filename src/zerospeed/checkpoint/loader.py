@@ -24,7 +24,7 @@ from zerospeed import comm
 from zerospeed.checkpoint import layout, rng
 from zerospeed.checkpoint.files import verify_file
 from zerospeed.checkpoint.saver import wait_for_pending
-from zerospeed.checkpoint.state import gathered_module
+from zerospeed.checkpoint.state import gathered_module, raw_state_dict
 from zerospeed.checkpoint.universal import Copy, SavedPiece, missing_ranges, plan_copies
 from zerospeed.errors import CheckpointError
 from zerospeed.utils.logging import log_dist, logger
@@ -67,7 +67,7 @@ def _listed(names) -> str:
 
 def _own_shapes(module: torch.nn.Module) -> dict[str, tuple[int, ...]]:
     return {name: tuple(getattr(value, "ds_shape", value.shape))
-            for name, value in module.state_dict(keep_vars=True).items() if isinstance(value, torch.Tensor)}
+            for name, value in raw_state_dict(module, keep_vars=True).items() if isinstance(value, torch.Tensor)}
 
 
 def _check_module(manifest: dict, module: torch.nn.Module, options: Options, where: str) -> None:

@@ -30,7 +30,7 @@ import torch
 from zerospeed import comm
 from zerospeed.checkpoint import layout, rng
 from zerospeed.checkpoint.files import atomic_write_text, fsync_dir, write_bytes, write_safetensors
-from zerospeed.checkpoint.state import gathered_module, module_tensors
+from zerospeed.checkpoint.state import rank0_module_tensors
 from zerospeed.errors import CheckpointError
 from zerospeed.utils.logging import log_dist, logger
 from zerospeed.version import __version__
@@ -184,12 +184,13 @@ def take_snapshot(engine, save_dir: str, tag: str, run_id: str, client_state: di
         shard=shard, shard_meta={"rank": rank, "pieces": pieces, "rng": rng_facts},
     )
     excluded = [n for n, p in engine.module.named_parameters() if not p.requires_grad] if exclude_frozen else []
-    with gathered_module(engine.module):
-        if rank == 0:
-            tensors, extra, ties = module_tensors(engine.module, exclude=set(excluded), clone=clone)
-            snap.model = tensors
-            snap.engine_state = _engine_state_bytes(engine, client_state, extra)
-            snap.manifest = _manifest_base(engine, tag, tensors, ties, excluded)
+    # A collective at stage 3 (gathered unit by unit; rank 0 keeps CPU copies of the full values).
+    module = rank0_module_tensors(engine.module, exclude=set(excluded), clone=clone)
+    if rank == 0:
+        tensors, extra, ties = module
+        snap.model = tensors
+        snap.engine_state = _engine_state_bytes(engine, client_state, extra)
+        snap.manifest = _manifest_base(engine, tag, tensors, ties, excluded)
     snap.stall_s = time.perf_counter() - started
     return snap
 
