@@ -23,6 +23,7 @@ bounds the buffers alive (a read waits for the oldest write to free one).
 from __future__ import annotations
 
 import contextlib
+import weakref
 import os
 import time
 from collections import deque
@@ -31,8 +32,8 @@ import torch
 
 from zerospeed.errors import EngineError
 from zerospeed.io import ALIGNMENT, AsyncIO, round_up
-from zerospeed.zero.offload.buffers import BufferPool
-from zerospeed.zero.offload.swap_dir import open_swap_directory
+from zerospeed.zero.offload.buffers import BufferPool, limit_heap_retention, return_free_memory
+from zerospeed.zero.offload.swap_dir import close_files, open_swap_directory
 
 STATES_ASSUMED = 2  # elementwise states per element the space check counts (Adam: exp_avg, exp_avg_sq)
 REGION_ALIGN = ALIGNMENT // 4  # fp32 elements per 4 KiB
@@ -118,8 +119,11 @@ class NVMeOptimizerTier:
         needed = 4 * (1 + STATES_ASSUMED) * round_up(max(expected_numel, 1), REGION_ALIGN)
         self.directory = open_swap_directory(settings.optimizer_path, needed,
                                              "zero_optimization.offload_optimizer.nvme_path", rank, group)
+        limit_heap_retention()
         self.io = AsyncIO(settings.io)
         self.chunks: list[_Chunk] = []
+        self._files: list = []  # closed when the tier is collected (engine destruction)
+        weakref.finalize(self, close_files, self._files)
         self.optimizer = None
         self._chunk_of: dict[int, _Chunk] = {}
         self._pool = BufferPool(settings.buffer_count)
@@ -140,6 +144,7 @@ class NVMeOptimizerTier:
         if chunk is None or chunk.element_count + numel > self.settings.sub_group_size:
             path = self.directory.file(f"optimizer-chunk{len(self.chunks)}.swp")
             chunk = _Chunk(len(self.chunks), self.io.open(path))
+            self._files.append(chunk.file)
             self.chunks.append(chunk)
         offset = chunk.add_master(master)
         self._chunk_of[id(master)] = chunk
@@ -156,6 +161,7 @@ class NVMeOptimizerTier:
         for chunk in self.chunks:  # padding between masters was never written: give it its bytes
             if os.fstat(chunk.file.fd).st_size < 4 * chunk.weights_numel:
                 os.ftruncate(chunk.file.fd, 4 * chunk.weights_numel)
+        return_free_memory()
 
     # -- the step ------------------------------------------------------------------------------
     @property
@@ -183,9 +189,10 @@ class NVMeOptimizerTier:
             self._complete_write(chunk)
 
     def finish(self) -> None:
-        """Wait for every write in flight."""
+        """Wait for every write in flight; hand the step's freed heap pages back to the system."""
         while self._writes:
             self._complete_write(self._writes[0])
+        return_free_memory()
 
     # -- outside the step -------------------------------------------------------------------------
     @contextlib.contextmanager

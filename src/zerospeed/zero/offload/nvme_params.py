@@ -16,6 +16,7 @@ in `buffer_size` elements.
 from __future__ import annotations
 
 import contextlib
+import weakref
 import time
 from collections import OrderedDict
 
@@ -23,8 +24,8 @@ import torch
 
 from zerospeed.errors import ConfigError
 from zerospeed.io import AsyncIO
-from zerospeed.zero.offload.buffers import BufferPool
-from zerospeed.zero.offload.swap_dir import open_swap_directory
+from zerospeed.zero.offload.buffers import BufferPool, limit_heap_retention, return_free_memory
+from zerospeed.zero.offload.swap_dir import close_files, open_swap_directory
 from zerospeed.zero.stage3.params import ParamUnit, ZeroParamStatus
 
 
@@ -76,8 +77,11 @@ class NVMeParamTier:
         self.settings = settings
         self.directory = open_swap_directory(settings.param_path, expected_bytes,
                                              "zero_optimization.offload_param.nvme_path", rank, group)
+        limit_heap_retention()
         self.io = AsyncIO(settings.io)
         self._cpu_budget = settings.max_in_cpu
+        self._files: list = []  # closed when the tier is collected (engine destruction)
+        weakref.finalize(self, close_files, self._files)
         self._pool = BufferPool(settings.param_buffer_count)
         self.units: list[SwappedParamUnit] = []
         self._resident: dict[SwappedParamUnit, torch.Tensor] = {}
@@ -98,6 +102,7 @@ class NVMeParamTier:
                 f"zero_optimization.offload_param.buffer_size={self.settings.param_buffer_size} elements is smaller "
                 f"than the shard of module '{label}' ({numel} elements); raise buffer_size to at least {numel}")
         file = self.io.open(self.directory.file(f"param-unit{len(self.units)}.swp"))
+        self._files.append(file)
         unit = SwappedParamUnit(params, names, label, shard, tier=self, file=file, **kwargs)
         self.units.append(unit)
         return unit
@@ -116,6 +121,8 @@ class NVMeParamTier:
                 pending.pop(0).wait()
         for request in pending:
             request.wait()
+        if pending:
+            return_free_memory()
 
     # -- fetch side ------------------------------------------------------------------------------
     def swap_in(self, unit: SwappedParamUnit) -> None:

@@ -18,6 +18,8 @@ import multiprocessing.util
 import os
 import shutil
 import socket
+import time
+import uuid
 import itertools
 import weakref
 
@@ -64,7 +66,14 @@ def remove_stale(path: str) -> list[str]:
         return removed
     for name in names:
         directory = os.path.join(path, name)
-        if not name.startswith(PREFIX) or not os.path.isdir(directory):
+        if not os.path.isdir(directory):
+            continue
+        if name.startswith(f".{PREFIX}building-"):  # a start that died mid-creation (give live ones a minute)
+            if time.time() - os.path.getmtime(directory) > 60 and _owner_is_gone(directory):
+                shutil.rmtree(directory, ignore_errors=True)
+                removed.append(directory)
+            continue
+        if not name.startswith(PREFIX):
             continue
         if _owner_is_gone(directory):
             shutil.rmtree(directory, ignore_errors=True)
@@ -118,11 +127,15 @@ class SwapDirectory:
                 raise ConfigError(f"swap directory {self.path} belongs to a running process; give each job its own "
                                   "ZEROSPEED_JOB_ID or nvme_path")
             shutil.rmtree(self.path)
-        os.makedirs(self.path)
-        with open(os.path.join(self.path, "owner.json"), "w") as f:
+        # Built under a hidden name, locked, then renamed: another rank's stale sweep never sees
+        # a swap directory that has no live lock yet.
+        building = os.path.join(nvme_path, f".{PREFIX}building-{uuid.uuid4().hex}")
+        os.makedirs(building)
+        with open(os.path.join(building, "owner.json"), "w") as f:
             json.dump({"pid": os.getpid(), "host": socket.gethostname()}, f)
-        self._lock_fd = os.open(os.path.join(self.path, LOCK_NAME), os.O_RDWR | os.O_CREAT, 0o600)
+        self._lock_fd = os.open(os.path.join(building, LOCK_NAME), os.O_RDWR | os.O_CREAT, 0o600)
         fcntl.flock(self._lock_fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        os.rename(building, self.path)
         # Runs when the tier owning this directory is collected (engine destruction) or at exit;
         # multiprocessing children leave through os._exit, skipping atexit, but run these.
         self._finalizer = weakref.finalize(self, _remove, self.path, self._lock_fd)
@@ -169,6 +182,11 @@ def _agree(error: ConfigError | None, rank: int, group) -> None:
                               "(see their errors); this rank stops too")
     if error is not None:
         raise error
+
+
+def close_files(files: list) -> None:
+    for file in files:
+        file.close()
 
 
 def _remove(path: str, lock_fd: int) -> None:
