@@ -98,6 +98,14 @@ def _io_totals(engine) -> dict:
 
 
 def child(args) -> dict:
+    swap = tempfile.mkdtemp(prefix="zs-bench-nvme-", dir=args.path)
+    try:
+        return _train(args, swap)
+    finally:
+        shutil.rmtree(swap, ignore_errors=True)
+
+
+def _train(args, swap: str) -> dict:
     os.environ.update(RANK="0", WORLD_SIZE="1", LOCAL_RANK="0", MASTER_ADDR="127.0.0.1",
                       MASTER_PORT=str(args.port))
     import torch
@@ -105,7 +113,6 @@ def child(args) -> dict:
     torch.manual_seed(0)
     torch.set_num_threads(args.threads)
     limit = _apply_cgroup_limit(args.memory_limit) if args.memory_limit else None
-    swap = tempfile.mkdtemp(prefix="zs-bench-nvme-", dir=args.path)
     config = _config(args.mode, swap, args.dim)
     began = time.perf_counter()
     if args.mode.startswith("deepspeed"):
@@ -144,7 +151,6 @@ def child(args) -> dict:
         steady = per_step[1:] or per_step  # the first step also creates the optimizer states
         result["io"] = {k: sum(s[k] for s in steady) / len(steady) for k in steady[0]}
         result["io_first_step"] = per_step[0]
-    shutil.rmtree(swap, ignore_errors=True)
     return result
 
 
