@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 
 import torch
@@ -20,8 +21,15 @@ def save_checkpoint(engine, save_dir, tag=None, client_state=None, save_latest=T
     `async_save=True` returns after snapshotting tensors to CPU; writing and committing run in
     a background thread that the next save, `engine.wait_for_checkpoint()` or exit waits for.
     """
-    saver.save(engine, os.fspath(save_dir), tag, client_state, save_latest, exclude_frozen_parameters, async_save)
+    with _optimizer_in_memory(engine):  # the snapshot reads every master and state; async writes use copies
+        saver.save(engine, os.fspath(save_dir), tag, client_state, save_latest, exclude_frozen_parameters, async_save)
     return True
+
+
+def _optimizer_in_memory(engine):
+    """Masters and optimizer states swapped in from NVMe for the duration (a no-op otherwise)."""
+    optimizer = getattr(engine, "optimizer", None)
+    return optimizer.materialized() if hasattr(optimizer, "materialized") else contextlib.nullcontext()
 
 
 def load_checkpoint(engine, load_dir, tag=None, load_module_strict=True, load_optimizer_states=True,
@@ -29,7 +37,8 @@ def load_checkpoint(engine, load_dir, tag=None, load_module_strict=True, load_op
     """Returns `(checkpoint path, client_state)`, or `(None, None)` when `load_dir` holds no checkpoint."""
     options = loader.Options(load_module_strict, load_optimizer_states, load_lr_scheduler_states,
                              load_module_only, custom_load_fn)
-    return loader.load(engine, os.fspath(load_dir), tag, options)
+    with _optimizer_in_memory(engine):  # what the load writes is swapped back out on exit
+        return loader.load(engine, os.fspath(load_dir), tag, options)
 
 
 def wait_for_checkpoint(engine) -> None:

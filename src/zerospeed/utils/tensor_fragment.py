@@ -8,6 +8,8 @@ disjoint across ranks when partitioned). Like DeepSpeed's, every rank must call 
 
 from __future__ import annotations
 
+import contextlib
+
 import torch
 
 from zerospeed import comm
@@ -26,6 +28,11 @@ def _owner(param: torch.nn.Parameter):
 def _pieces(param):
     optimizer, name = _owner(param)
     return optimizer, [piece for piece in optimizer.logical_pieces() if piece.name == name]
+
+
+def _in_memory(optimizer):
+    """Swap NVMe-offloaded masters and states in while they are read or written."""
+    return optimizer.materialized() if hasattr(optimizer, "materialized") else contextlib.nullcontext()
 
 
 def _shape(param) -> tuple[int, ...]:
@@ -57,22 +64,25 @@ def _assemble(optimizer, param, pick) -> torch.Tensor | None:
 def safe_get_full_fp32_param(param: torch.nn.Parameter) -> torch.Tensor:
     """The whole fp32 master value of `param` on every rank."""
     optimizer, _ = _owner(param)
-    return _assemble(optimizer, param, lambda piece: piece.tensor)
+    with _in_memory(optimizer):
+        return _assemble(optimizer, param, lambda piece: piece.tensor)
 
 
 def safe_get_full_grad(param: torch.nn.Parameter) -> torch.Tensor | None:
     """The whole reduced, unscaled fp32 gradient of `param` (after backward, before step)."""
     optimizer, _ = _owner(param)
     scale = optimizer.loss_scaler.cur_scale
-    full = _assemble(optimizer, param, lambda piece: piece.grad if piece.grad is not None else piece.tensor.grad)
+    with _in_memory(optimizer):
+        full = _assemble(optimizer, param, lambda piece: piece.grad if piece.grad is not None else piece.tensor.grad)
     return None if full is None else full / scale
 
 
 def safe_get_full_optimizer_state(param: torch.nn.Parameter, optim_state_key: str) -> torch.Tensor | None:
     """The whole optimizer state `optim_state_key` (e.g. "exp_avg") of `param`."""
     optimizer, _ = _owner(param)
-    state = optimizer.optimizer.state
-    return _assemble(optimizer, param, lambda piece: state.get(piece.tensor, {}).get(optim_state_key))
+    with _in_memory(optimizer):
+        state = optimizer.optimizer.state
+        return _assemble(optimizer, param, lambda piece: state.get(piece.tensor, {}).get(optim_state_key))
 
 
 def _scatter(param, value: torch.Tensor, target) -> None:
@@ -95,12 +105,15 @@ def _numel(param) -> int:
 
 def safe_set_full_fp32_param(param: torch.nn.Parameter, value: torch.Tensor) -> None:
     """Overwrite the fp32 master of `param` (and the model's working copy) on every rank."""
-    optimizer = _scatter(param, value, lambda piece: piece.tensor)
-    optimizer.sync_working_from_master()
+    optimizer, _ = _owner(param)
+    with _in_memory(optimizer):
+        _scatter(param, value, lambda piece: piece.tensor)
+        optimizer.sync_working_from_master()
 
 
 def safe_set_full_optimizer_state(param: torch.nn.Parameter, value: torch.Tensor, optim_state_key: str) -> None:
     """Overwrite optimizer state `optim_state_key` of `param` with the full `value`."""
     optimizer, _ = _owner(param)
-    state = optimizer.optimizer.state
-    _scatter(param, value, lambda piece: state[piece.tensor][optim_state_key])
+    with _in_memory(optimizer):
+        state = optimizer.optimizer.state
+        _scatter(param, value, lambda piece: state[piece.tensor][optim_state_key])
