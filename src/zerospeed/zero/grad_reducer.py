@@ -31,7 +31,7 @@ MAX_IN_FLIGHT = 2
 
 
 class StagingPool:
-    """Reusable full-bucket staging buffers (stage 2), one free list per bucket size.
+    """Reusable staging buffers (stage 2): a free buffer at least as large is reused as a view.
 
     Reusing them avoids allocating and page-faulting a whole gradient's worth of fresh
     memory every backward; with `MAX_IN_FLIGHT` only a few exist at once when buckets
@@ -40,20 +40,21 @@ class StagingPool:
 
     def __init__(self, dtype: torch.dtype, device: torch.device) -> None:
         self.dtype, self.device = dtype, device
-        self._free: dict[int, list[torch.Tensor]] = {}
+        self._free: list[torch.Tensor] = []
         self.allocated_numel = 0
 
     def acquire(self, numel: int) -> torch.Tensor:
-        free = self._free.setdefault(numel, [])
-        if free:
-            buffer = free.pop()
-            buffer.zero_()
-            return buffer
+        fitting = [i for i, b in enumerate(self._free) if b.numel() >= numel]
+        if fitting:
+            base = self._free.pop(min(fitting, key=lambda i: self._free[i].numel()))
+            view = base[:numel]
+            view.zero_()
+            return view
         self.allocated_numel += numel
         return torch.zeros(numel, dtype=self.dtype, device=self.device)
 
     def release(self, buffer: torch.Tensor) -> None:
-        self._free.setdefault(buffer.numel(), []).append(buffer)
+        self._free.append(buffer if buffer._base is None else buffer._base)
 
     def bytes(self) -> int:
         return self.allocated_numel * torch.empty((), dtype=self.dtype).element_size()
