@@ -41,10 +41,7 @@ def _shape(param) -> tuple[int, ...]:
 
 def _assemble(optimizer, param, pick) -> torch.Tensor | None:
     shape = _shape(param)
-    numel = 1
-    for size in shape:
-        numel *= size
-    full = torch.zeros(numel, dtype=torch.float32)
+    full = torch.zeros(_numel(param), dtype=torch.float32)
     found = False
     for piece in _pieces(param)[1]:
         value = pick(piece)
