@@ -28,7 +28,7 @@ from dataclasses import dataclass, field
 import torch
 
 from zerospeed import comm
-from zerospeed.checkpoint import layout, rng
+from zerospeed.checkpoint import layout, rng, snapshot_buffers
 from zerospeed.checkpoint.files import atomic_write_text, fsync_dir, write_bytes, write_safetensors
 from zerospeed.checkpoint.state import rank0_module_tensors
 from zerospeed.errors import CheckpointError
@@ -88,8 +88,7 @@ def _group_of(optimizer) -> dict[int, int]:
 
 
 def _copy(tensor: torch.Tensor, clone: bool) -> torch.Tensor:
-    tensor = tensor.detach()
-    return tensor.to("cpu", copy=True) if clone else tensor
+    return snapshot_buffers.stage(tensor) if clone else tensor.detach()
 
 
 def _optimizer_pieces(engine, clone: bool) -> tuple[dict[str, torch.Tensor], list[dict]]:
@@ -322,8 +321,11 @@ def save(engine, save_dir: str, tag=None, client_state: dict | None = None, save
         previous_error = str(error)
     tag, run_id = agree_on_tag(engine, tag, previous_error)
     os.makedirs(save_dir, exist_ok=True)
-    snap = take_snapshot(engine, save_dir, tag, run_id, dict(client_state or {}), save_latest,
-                         exclude_frozen_parameters, clone=async_save)
+    started = time.perf_counter()
+    with snapshot_buffers.staging(snapshot_buffers.pool_of(engine) if async_save else None):
+        snap = take_snapshot(engine, save_dir, tag, run_id, dict(client_state or {}), save_latest,
+                             exclude_frozen_parameters, clone=async_save)
+    snap.stall_s = time.perf_counter() - started  # with the accelerator's copies synchronized
     if async_save:
         engine.__dict__["_checkpoint_pending"] = PendingSave(snap)
         return snap

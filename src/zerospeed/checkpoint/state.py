@@ -7,6 +7,7 @@ import contextlib
 import torch
 
 from zerospeed import comm
+from zerospeed.checkpoint.snapshot_buffers import stage
 
 
 def is_partitioned(module: torch.nn.Module) -> bool:
@@ -56,7 +57,7 @@ def _split(state: dict, exclude: set[str], clone: bool) -> tuple[dict[str, torch
             ties[name] = seen[identity]
             continue
         seen[identity] = name
-        tensors[name] = value.to("cpu", copy=True).contiguous() if clone else value
+        tensors[name] = stage(value) if clone else value
     return tensors, extra, ties
 
 
