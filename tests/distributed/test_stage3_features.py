@@ -140,6 +140,55 @@ def test_offload_and_bf16():
     assert bf16[2]["memory"]["master"] > 0 and bf16[2]["skipped_steps"] == 0
 
 
+class AppliedInitNet(torch.nn.Module):
+    """Children are partitioned as they are attached; the parent then re-initializes them with
+    `self.apply` (as transformers' `post_init` does): values drawn on each rank differ, rank 0's win."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.inp = torch.nn.Linear(IN, WIDTH)
+        self.blocks = torch.nn.ModuleList([Block() for _ in range(2)])
+        self.apply(self._init_weights)
+
+    @staticmethod
+    def _init_weights(module):
+        if isinstance(module, torch.nn.Linear):
+            module.weight.data.normal_(0.0, 0.02)
+            module.bias.data.fill_(0.5)
+
+
+def _init_with_module_apply():
+    import zerospeed
+    from zerospeed import comm
+
+    rank = comm.get_rank()
+    original_apply = torch.nn.Module.apply
+    torch.manual_seed(3)
+    reference = AppliedInitNet()  # no Init: what rank 0 builds
+    torch.manual_seed(3 + rank)  # every rank draws different values: Init must keep rank 0's
+    with zerospeed.zero.Init():
+        patched = torch.nn.Module.apply is not original_apply
+        model = AppliedInitNet()
+    facts = {"patched_inside": patched, "restored_after": torch.nn.Module.apply is original_apply,
+             "partitioned": all(p.data.numel() == 0 for p in model.parameters())}
+    with zerospeed.zero.GatheredParameters(list(model.parameters())):
+        values = {n: p.detach().clone() for n, p in model.named_parameters()}
+    facts["biases_applied"] = all(bool((v == 0.5).all()) for n, v in values.items() if n.endswith("bias"))
+    facts["rank0_values"] = all(torch.equal(values[n], p) for n, p in reference.named_parameters()) if rank == 0 else None
+    facts["values"] = values
+    return facts
+
+
+def test_zero_init_module_apply_initializes_partitioned_children():
+    results = run_distributed(_init_with_module_apply, 2)
+    for facts in results:
+        assert facts["patched_inside"] and facts["restored_after"] and facts["partitioned"]
+        assert facts["biases_applied"]
+    assert results[0]["rank0_values"]
+    for name, value in results[0]["values"].items():
+        assert torch.equal(results[1]["values"][name], value), name  # every rank holds rank 0's values
+
+
 def _init_and_gathered():
     import zerospeed
     from zerospeed import comm

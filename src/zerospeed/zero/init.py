@@ -7,9 +7,16 @@ parameter is broadcast from rank 0 first (every rank then holds a piece of the s
 weights) and keeps only `param.ds_tensor`, ceil(numel / world_size) elements.
 `GatheredParameters` makes full values available inside its block; with
 `modifier_rank`, that rank's changes are broadcast and re-partitioned on exit.
+
+Inside `Init`, `Module.apply(fn)` (how most models run their weight init from the parent's
+`__init__`, after the children are already partitioned) calls `fn` on each module with that
+module's own parameters gathered, then keeps rank 0's values, as DeepSpeed does; without it
+`fn` would write into empty placeholders and the initialization would be lost.
 """
 
 from __future__ import annotations
+
+import functools
 
 import torch
 
@@ -21,6 +28,43 @@ from zerospeed.zero.stage3.params import ParamUnit, ZeroParamStatus, collect_sha
 from zerospeed.zero.stage3.state_dict import guard_state_dict
 
 _module_hooks = torch.nn.modules.module
+_apply_patch = {"depth": 0, "original": None}
+
+
+def _gathering(fn):
+    """`fn(module)` with the module's own partitioned parameters whole; rank 0's result is kept."""
+    if getattr(fn, "_zerospeed_gathering", False):
+        return fn
+
+    @functools.wraps(fn)
+    def gathering(module: torch.nn.Module):
+        params = [p for p in module.parameters(recurse=False) if is_partitioned(p)]
+        if not params:
+            return fn(module)
+        with GatheredParameters(params, modifier_rank=0):
+            return fn(module)
+
+    gathering._zerospeed_gathering = True
+    return gathering
+
+
+def _patch_module_apply() -> None:
+    if _apply_patch["depth"] == 0:
+        original = _apply_patch["original"] = torch.nn.Module.apply
+
+        @functools.wraps(original)
+        def apply(self, fn):
+            return original(self, _gathering(fn))
+
+        torch.nn.Module.apply = apply
+    _apply_patch["depth"] += 1
+
+
+def _unpatch_module_apply() -> None:
+    _apply_patch["depth"] -= 1
+    if _apply_patch["depth"] == 0:
+        torch.nn.Module.apply = _apply_patch["original"]
+        _apply_patch["original"] = None
 
 
 def _config_dtype(config) -> torch.dtype | None:
@@ -65,9 +109,12 @@ class Init:
                 _module_hooks.register_module_parameter_registration_hook(self._on_parameter),
                 _module_hooks.register_module_module_registration_hook(self._on_child),
             ]
+            _patch_module_apply()
         return self
 
     def __exit__(self, *exc) -> None:
+        if self._handles:
+            _unpatch_module_apply()
         for handle in self._handles:
             handle.remove()
         self._handles = []
