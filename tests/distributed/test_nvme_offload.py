@@ -80,11 +80,16 @@ def stage3_run_with_io(*args):
     return losses, params, facts
 
 
-def test_stage3_nvme_params_and_optimizer_match_in_memory(swap_root):
+@pytest.mark.parametrize("use_init", [False, True], ids=["plain", "zero-init"])
+def test_stage3_nvme_params_and_optimizer_match_in_memory(swap_root, use_init):
+    """With `use_init`, the model is built under zero.Init(config) whose offload_param is NVMe:
+    the shards wait in CPU memory until initialize() moves them to the swap files."""
     zero = {"stage3_param_persistence_threshold": 40, "stage3_prefetch_bucket_size": 300, "sub_group_size": 300}
     nvme = dict(zero, offload_optimizer=_nvme(swap_root, pipeline_read=True, pipeline_write=True),
                 offload_param=_nvme(swap_root, max_in_cpu=0, buffer_count=3, buffer_size=1000))
-    swapped = run_distributed(stage3_run_with_io, 2, STEPS, 1, 2, LR, 0.5, True, nvme)
+    swapped = run_distributed(stage3_run_with_io, 2, STEPS, 1, 2, LR, 0.5, True, nvme, None, use_init)
+    if use_init:
+        assert all(swapped[0][2]["init_shards"].values())  # partitioned at construction
     reference = reference_run(STEPS, 2, 1, 2, LR, 0.5, True)
     for result in swapped:
         _assert_close(result, reference)

@@ -22,6 +22,7 @@ import torch
 
 from zerospeed import comm
 from zerospeed.errors import ConfigError
+from zerospeed.utils.logging import logger
 from zerospeed.zero.stage3.coordinator import EXTERNAL_ATTR
 from zerospeed.zero.stage3.layout import UnitLayout
 from zerospeed.zero.stage3.params import ParamUnit, ZeroParamStatus, collect_shard, is_partitioned, unit_of
@@ -67,17 +68,16 @@ def _unpatch_module_apply() -> None:
         _apply_patch["original"] = None
 
 
-def _config_dtype(config) -> torch.dtype | None:
+def _from_config(config) -> tuple[torch.dtype | None, str | None]:
+    """(param dtype, offload_param device) a DeepSpeed config implies for `Init`'s defaults."""
     if config is None:
-        return None
+        return None, None
     from zerospeed.config import load_config
 
     parsed = load_config(config)
-    if parsed.fp16.enabled:
-        return torch.float16
-    if parsed.bf16.enabled:
-        return torch.bfloat16
-    return None
+    dtype = torch.float16 if parsed.fp16.enabled else torch.bfloat16 if parsed.bf16.enabled else None
+    device = parsed.zero_optimization.offload_param_device
+    return dtype, None if device == "none" else device
 
 
 class Init:
@@ -88,12 +88,19 @@ class Init:
                  enabled: bool = True, dtype: torch.dtype | None = None, mpu=None, **kwargs) -> None:
         if config_dict_or_path is not None and config is not None:
             raise ConfigError("zero.Init: give config_dict_or_path or config, not both")
-        if remote_device not in (None, "none", "cpu"):
-            raise ConfigError(f"zero.Init(remote_device={remote_device!r}): allowed None, 'cpu' (NVMe is not available yet)")
+        if remote_device not in (None, "none", "cpu", "nvme"):
+            raise ConfigError(f"zero.Init(remote_device={remote_device!r}): allowed None (the config's "
+                              "offload_param.device, else the compute device), 'none', 'cpu', 'nvme'")
         self.enabled = enabled
         self.group = data_parallel_group
-        self.dtype = dtype or _config_dtype(config_dict_or_path if config_dict_or_path is not None else config)
-        self.remote_device = remote_device
+        config_dtype, config_device = _from_config(config_dict_or_path if config_dict_or_path is not None else config)
+        self.dtype = dtype or config_dtype
+        self.remote_device = remote_device if remote_device is not None else config_device
+        if self.remote_device == "nvme" and enabled:
+            # The NVMe tier belongs to the engine (its swap files, sizes and aio settings come from
+            # the config at initialize()); until then each rank's shards wait in CPU memory.
+            logger.info("zero.Init(remote_device='nvme'): shards are kept in CPU memory until "
+                        "zerospeed.initialize() moves them to the NVMe tier of offload_param")
         self.pin_memory = pin_memory
         self._pending: dict[int, tuple[torch.nn.Module, str, torch.nn.Parameter]] = {}
         self._handles = []
@@ -156,7 +163,7 @@ class Init:
             data = data.contiguous()
             comm.broadcast(data, comm.get_global_rank(self.group, 0), group=self.group)
         param.data = data
-        device = torch.device("cpu") if self.remote_device == "cpu" else data.device
+        device = torch.device("cpu") if self.remote_device in ("cpu", "nvme") else data.device
         layout = UnitLayout.of([param.numel()], world)
         shard = collect_shard([param], layout, rank, data.dtype, device)
         if self.pin_memory and device.type == "cpu" and torch.cuda.is_available():
