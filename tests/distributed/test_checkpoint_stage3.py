@@ -1,6 +1,8 @@
-"""Module weights of a ZeRO stage-3 checkpoint: whole (never the empty placeholders a partitioned
-parameter holds outside a gather), tied weights stored once, module-only load into the shards,
-`save_16bit_model`, consolidation, and a tied stage-3 checkpoint loaded at stage 1.
+"""Module weights of a ZeRO stage-3 checkpoint: the module file holds only what no fp32 master
+holds (the frozen layer, buffers; never an empty placeholder), trainable weights are rebuilt
+from the master pieces, tied weights stored once; the save gathers only the frozen unit and
+the load moves no weights between ranks; module-only load into the shards, `save_16bit_model`
+(still full weights), consolidation, and a tied stage-3 checkpoint loaded at stage 1.
 
 One 2-rank launch; every stage-3 parameter is partitioned (persistence threshold 0).
 """
@@ -43,14 +45,28 @@ def tied_model(seed: int) -> TiedLM:
     return TiedLM()
 
 
+def _collectives(fn) -> dict[str, dict[str, int]]:
+    """{op: {"calls", "bytes"}} of the tensor collectives `fn` issued on this rank (comm's counters)."""
+    from zerospeed import comm
+
+    comm.comm_log.reset()
+    fn()
+    return {op: counts for op, counts in comm.comm_log.totals().items() if not op.endswith("_object") and op != "barrier"}
+
+
 def _run(root: str) -> dict:
     engine = common.build(3, STAGE3, model=tied_model(0))
     common.train(engine, 0, 3)
-    engine.save_checkpoint(os.path.join(root, "tied"))
+    save_ops = _collectives(lambda: engine.save_checkpoint(os.path.join(root, "tied")))
     engine.save_16bit_model(os.path.join(root, "export"), "model.safetensors")
     engine.save_16bit_model(os.path.join(root, "export"))  # pytorch_model.bin
-    out = {"saved": common.state_of(engine),
-           "released": all(p.data.numel() == 0 for p in engine.module.parameters())}
+    out = {"saved": common.state_of(engine), "save_ops": save_ops,
+           "released": all(p.data.numel() == 0 for p in engine.module.parameters()),
+           "frozen_unit_numel": engine.module.frozen.weight._zs_unit.layout.gathered_numel}
+
+    resumed = common.build(3, STAGE3, seed=7, model=tied_model(7))
+    out["load_ops"] = _collectives(lambda: resumed.load_checkpoint(os.path.join(root, "tied")))
+    out["resumed"] = common.state_of(resumed)
 
     fresh = common.build(3, STAGE3, seed=7, model=tied_model(7))
     fresh.load_checkpoint(os.path.join(root, "tied"), load_module_only=True)
@@ -76,21 +92,58 @@ def _gathered(ranks) -> dict[str, torch.Tensor]:
     return params
 
 
-def test_module_file_holds_gathered_weights_and_ties(tied):
+def test_module_file_holds_only_what_no_master_holds(tied):
     root, ranks = tied
     params = _gathered(ranks)
     tag_dir = os.path.join(root, "tied", "global_step3")
     with open(os.path.join(tag_dir, "manifest.json")) as f:
         manifest = json.load(f)
-    assert manifest["zero_stage"] == 3
+    assert manifest["zero_stage"] == 3 and (manifest["version"], manifest["minor_version"]) == (1, 1)
     assert manifest["module_ties"] == {"head.weight": "embed.weight"}
+    frozen = {"frozen.weight", "frozen.bias"}
+    trainable = set(params) - frozen
+    # Every trainable tensor is rebuilt from master pieces (the tied pair: one piece, under either name).
+    in_shards = manifest["module_tensors_in_shards"]
+    assert set(in_shards) == trainable
+    assert all(in_shards[n] == n for n in trainable - {"embed.weight"}) and in_shards["embed.weight"] in ("embed.weight", "head.weight")
     model = load_file(os.path.join(tag_dir, "model.safetensors"))
-    assert "head.weight" not in model
-    for name, value in params.items():
-        stored = model[manifest["module_ties"].get(name, name)]
-        assert stored.shape == value.shape and torch.equal(stored, value), name
-        assert manifest["module_tensors"][name]["shape"] == list(value.shape)
+    assert set(model) == frozen | {"scale"}
+    for name in frozen:
+        assert torch.equal(model[name], params[name]), name  # gathered whole, never a placeholder
     assert torch.equal(model["scale"], torch.linspace(0.5, 1.5, DIM))
+    # On disk: the frozen layer and the buffer, a header, and nothing else.
+    payload = sum(model[n].numel() * model[n].element_size() for n in model)
+    assert os.path.getsize(os.path.join(tag_dir, "model.safetensors")) < payload + 1024
+    assert payload < sum(params[n].numel() * 4 for n in trainable) / 4
+    # The manifest still describes every module tensor.
+    for name, value in params.items():
+        assert manifest["module_tensors"][name] == {"shape": list(value.shape), "dtype": "float32"}, name
+    assert manifest["module_tensors"]["head.weight"] == manifest["module_tensors"]["embed.weight"]
+
+
+def test_save_gathers_only_the_frozen_unit(tied):
+    _, ranks = tied
+    for result in ranks:
+        ops = result["save_ops"]
+        assert set(ops) == {"all_gather_into_tensor"}, ops
+        assert ops["all_gather_into_tensor"]["calls"] == 1  # the frozen layer's unit, nothing trainable
+        assert ops["all_gather_into_tensor"]["bytes"] == 4 * result["frozen_unit_numel"]
+
+
+def test_load_moves_no_weights_between_ranks(tied):
+    _, ranks = tied
+    for result in ranks:
+        assert result["load_ops"] == {}, result["load_ops"]  # no all-gather, no broadcast of weights
+    expected = common.assemble([r["saved"] for r in ranks])
+    actual = common.assemble([r["resumed"] for r in ranks])
+    assert expected.keys() == actual.keys()
+    for name, entry in expected.items():
+        for key, value in entry.items():
+            assert torch.equal(value, actual[name][key]), f"{name}.{key}"
+    for result in ranks:
+        for name, value in _gathered(ranks).items():
+            assert torch.equal(result["resumed"]["params"][name], value), name
+        assert result["resumed"]["counters"] == ranks[0]["saved"]["counters"]
 
 
 @pytest.mark.parametrize("filename", ["model.safetensors", "pytorch_model.bin"])

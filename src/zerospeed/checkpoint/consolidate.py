@@ -2,9 +2,10 @@
 
 One process, no torch.distributed. Trainable parameters are rebuilt from the fp32 master
 pieces every rank saved (any world size, any stage); frozen parameters and buffers come
-from the module file. `iter_consolidated` yields tensors one by one and the safetensors
-export writes each as soon as it is built, so peak memory stays near the largest tensor
-(a pickle `.bin` export must hold the whole state dict at once).
+from the module file (`module_source`). Files are memory-mapped, so a tensor costs one
+copy out of the page cache. `iter_consolidated` yields tensors one by one and the
+safetensors export writes each as soon as it is built, so peak memory stays near the
+largest tensor (a pickle `.bin` export must hold the whole state dict at once).
 """
 
 from __future__ import annotations
@@ -17,11 +18,10 @@ import sys
 from typing import Iterator
 
 import torch
-from safetensors import safe_open
 
 from zerospeed.checkpoint import layout
 from zerospeed.checkpoint.files import verify_file, write_safetensors_stream
-from zerospeed.checkpoint.universal import SavedPiece, missing_ranges, plan_copies
+from zerospeed.checkpoint.module_source import CheckpointFiles, ModuleSource
 from zerospeed.errors import CheckpointError
 
 _DTYPES = {"fp32": torch.float32, "float32": torch.float32, "bf16": torch.bfloat16, "bfloat16": torch.bfloat16,
@@ -56,57 +56,47 @@ class Consolidator:
         if verify:
             for name, info in sorted(self.manifest["files"].items()):
                 verify_file(os.path.join(self.tag_dir, name), info)
-        self.saved: dict[str, list[SavedPiece]] = {}
-        for rank, shard in self.manifest.get("shards", {}).items():
-            for index, piece in enumerate(shard["pieces"]):
-                self.saved.setdefault(piece["name"], []).append(SavedPiece(piece["start"], piece["end"], int(rank), index))
-        self.master_name = {}
-        for primary, others in self.manifest.get("aliases", {}).items():
-            for name in [primary, *others]:
-                self.master_name[name] = next((n for n in [primary, *others] if n in self.saved), name)
+        self.files = CheckpointFiles(self.tag_dir, self.manifest)
+        self.source = ModuleSource(self._with_masters(self.manifest), self.files)
+        self.source.check(self.tag_dir)
         frozen = set(self.manifest.get("frozen_parameters", [])) if exclude_frozen_parameters else set()
-        self.names = [n for n in self.manifest["module_tensors"] if n not in frozen]
-        self._stack = contextlib.ExitStack()
-        self._files: dict[str, object] = {}
+        self.names = [n for n in self.source.names() if n not in frozen]
+
+    @staticmethod
+    def _with_masters(manifest: dict) -> dict:
+        """The manifest with every trainable tensor read from its fp32 master pieces, also where the
+        save kept a copy in the model dtype in the module file (stages 0-2, format 1.0)."""
+        saved = set(manifest.get("parameters", {}))
+        aliases: dict[str, list[str]] = {}
+        for primary, others in manifest.get("aliases", {}).items():
+            for name in [primary, *others]:
+                aliases[name] = [primary, *others]
+        in_shards = dict(manifest.get("module_tensors_in_shards", {}))
+        ties = manifest.get("module_ties", {})
+        for name in manifest["module_tensors"]:
+            stored = ties.get(name, name)
+            if stored in in_shards:
+                continue
+            master = next((n for n in aliases.get(stored, [stored]) if n in saved), None)
+            if master is not None:
+                in_shards[stored] = master
+        return {**manifest, "module_tensors_in_shards": in_shards}
 
     def __enter__(self) -> "Consolidator":
         return self
 
     def __exit__(self, *exc) -> None:
-        self._stack.close()
-
-    def _file(self, name: str):
-        if name not in self._files:
-            path = os.path.join(self.tag_dir, name)
-            self._files[name] = self._stack.enter_context(safe_open(path, framework="pt", device="cpu"))
-        return self._files[name]
+        self.files.close()
 
     def _out_dtype(self, dtype: torch.dtype) -> torch.dtype:
         return self.dtype if dtype.is_floating_point else dtype
 
     def spec(self, name: str) -> tuple[str, torch.dtype, tuple[int, ...]]:
-        saved = self.manifest["module_tensors"][name]
-        dtype = getattr(torch, saved["dtype"])
-        return name, self._out_dtype(dtype), tuple(saved["shape"])
+        return name, self._out_dtype(self.source.dtype(name)), self.source.shape(name)
 
     def tensor(self, name: str) -> torch.Tensor:
-        """The full tensor `name`: from fp32 masters if it is trainable, else from the module file."""
-        master = self.master_name.get(name, name)
-        if master in self.saved:
-            shape = tuple(self.manifest["parameters"][master]["shape"])
-            numel = math.prod(shape)
-            copies = plan_copies(self.saved[master], 0, numel)
-            if missing_ranges(copies, 0, numel):
-                raise CheckpointError(f"{self.tag_dir}: parameter {master} is not fully covered by the saved pieces")
-            full = torch.empty(numel, dtype=torch.float32)
-            for copy in copies:
-                handle = self._file(self.manifest["shards"][str(copy.source.rank)]["file"])
-                part = handle.get_slice(f"p{copy.source.index}.master")[copy.source_offset : copy.source_offset + copy.length]
-                full[copy.target_offset : copy.target_offset + copy.length] = part
-            return full.view(shape).to(self.dtype)
-        stored = self.manifest.get("module_ties", {}).get(name, name)
-        value = self._file(self.manifest["module_file"]).get_tensor(stored)
-        return value.to(self._out_dtype(value.dtype))
+        """The full tensor `name` (a new tensor): from fp32 masters if it is trainable, else from the module file."""
+        return self.source.full(name, self._out_dtype(self.source.dtype(name)))
 
     def __iter__(self) -> Iterator[tuple[str, torch.Tensor]]:
         for name in self.names:

@@ -1,16 +1,21 @@
-"""Durable file primitives: streamed safetensors writing with a running CRC32, fsync, atomic replace.
+"""Durable file primitives: streamed safetensors writing with a running CRC32, fsync, atomic replace,
+and memory-mapped safetensors reading.
 
 A checkpoint file is written once, front to back, and its CRC32 is computed from the same
-bytes as they go out, so verifying later costs one read and writing costs no extra pass.
-Tensors are written in the safetensors format (header JSON, then raw little-endian bytes),
-so any safetensors reader can open our files; the header is built first from shapes
-and dtypes alone, which lets the consolidator stream a model larger than memory.
+bytes as they go out, so verifying later costs one pass over the file and writing costs no
+extra one. Tensors are written in the safetensors format (header JSON, then raw
+little-endian bytes), so any safetensors reader can open our files; the header is built
+first from shapes and dtypes alone, which lets the consolidator stream a model larger than
+memory. Reading maps the file (`SafetensorsReader`): a tensor is a view of the page cache,
+so a loader copies each saved range once, straight into its destination, and allocates
+nothing (fresh allocations cost page faults that are dearer than the copy itself).
 """
 
 from __future__ import annotations
 
 import ctypes
 import json
+import mmap
 import os
 import struct
 import zlib
@@ -26,7 +31,8 @@ SAFETENSORS_DTYPES = {
     torch.int64: "I64", torch.int32: "I32", torch.int16: "I16", torch.int8: "I8", torch.uint8: "U8",
     torch.bool: "BOOL",
 }
-CHUNK_BYTES = 16 * 2**20
+SAFETENSORS_TORCH_DTYPES = {code: dtype for dtype, code in SAFETENSORS_DTYPES.items()}
+HEADER_LIMIT = 100 * 2**20  # a larger header is a corrupted length field, not a real header
 
 
 @dataclass(frozen=True)
@@ -140,14 +146,23 @@ def write_bytes(path: str, data: bytes) -> FileInfo:
     return writer.close()
 
 
-def file_info(path: str) -> FileInfo:
-    """Size and CRC32 of a file, read in chunks."""
-    crc, size = 0, 0
+def _map(path: str) -> mmap.mmap | None:
+    """A private copy-on-write mapping of the whole file (None for an empty file): tensors made
+    from it are writable without touching the file, and nothing is copied unless written."""
     with open(path, "rb") as f:
-        while chunk := f.read(CHUNK_BYTES):
-            crc = zlib.crc32(chunk, crc)
-            size += len(chunk)
-    return FileInfo(size, crc)
+        size = os.fstat(f.fileno()).st_size
+        return mmap.mmap(f.fileno(), size, access=mmap.ACCESS_COPY) if size else None
+
+
+def file_info(path: str) -> FileInfo:
+    """Size and CRC32 of a file, computed over a mapping of it (no copy into Python buffers)."""
+    mapping = _map(path)
+    if mapping is None:
+        return FileInfo(0, 0)
+    try:
+        return FileInfo(len(mapping), zlib.crc32(mapping))
+    finally:
+        mapping.close()
 
 
 def verify_file(path: str, expected: dict) -> None:
@@ -161,6 +176,84 @@ def verify_file(path: str, expected: dict) -> None:
     actual = f"{file_info(path).crc32:08x}"
     if actual != expected["crc32"]:
         raise CheckpointError(f"checkpoint file {path} is corrupted: CRC32 {actual}, the manifest says {expected['crc32']}")
+
+
+class SafetensorsReader:
+    """A safetensors file, memory-mapped: `tensor(name)` is a view of the mapping, not a copy.
+
+    A view holds a reference to the mapping, so it stays valid after `close()`; the file is
+    unmapped when the reader and its last view are gone.
+    """
+
+    def __init__(self, path: str) -> None:
+        self.path = path
+        self._map = _map(path)
+        size = 0 if self._map is None else len(self._map)
+        if size < 8:
+            raise CheckpointError(f"checkpoint file {path} is not a safetensors file ({size} bytes)")
+        (header_len,) = struct.unpack("<Q", self._map[:8])
+        if header_len > min(HEADER_LIMIT, size - 8):
+            raise CheckpointError(f"checkpoint file {path} has a corrupted safetensors header (length {header_len})")
+        try:
+            header = json.loads(bytes(self._map[8 : 8 + header_len]))
+        except ValueError as error:
+            raise CheckpointError(f"checkpoint file {path} has a corrupted safetensors header: {error}") from error
+        self._metadata = header.pop("__metadata__", None) or {}
+        self._entries = header
+        self._data_start = 8 + header_len
+        self._size = size
+
+    def __enter__(self) -> "SafetensorsReader":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    def keys(self) -> list[str]:
+        return list(self._entries)
+
+    def metadata(self) -> dict[str, str]:
+        return dict(self._metadata)
+
+    def tensor(self, name: str) -> torch.Tensor:
+        """Tensor `name` as a view of the file (write into it and only this process's copy changes)."""
+        entry = self._entries.get(name)
+        if entry is None:
+            raise CheckpointError(f"checkpoint file {self.path} has no tensor '{name}'")
+        dtype = SAFETENSORS_TORCH_DTYPES.get(entry["dtype"])
+        if dtype is None:
+            raise CheckpointError(f"checkpoint file {self.path}: tensor '{name}' has dtype {entry['dtype']}, "
+                                  f"which zerospeed does not read")
+        shape = tuple(entry["shape"])
+        begin, end = (self._data_start + offset for offset in entry["data_offsets"])
+        itemsize = torch.empty((), dtype=dtype).element_size()
+        count = torch.Size(shape).numel()
+        if end > self._size or end - begin != count * itemsize:
+            raise CheckpointError(f"checkpoint file {self.path}: tensor '{name}' lies outside the file or "
+                                  f"does not match its shape {shape} (the file is corrupted)")
+        if count == 0:
+            return torch.empty(shape, dtype=dtype)
+        if begin % itemsize:  # misaligned (after an odd-sized tensor): copy rather than view
+            return torch.frombuffer(bytearray(self._map[begin:end]), dtype=dtype).view(shape)
+        return torch.frombuffer(self._map, dtype=dtype, count=count, offset=begin).view(shape)
+
+    def crc32(self) -> int:
+        return zlib.crc32(self._map)
+
+    def verify(self, expected: dict) -> None:
+        """Raise CheckpointError unless the mapped file's size and CRC32 match the manifest's record."""
+        if self._size != expected["bytes"]:
+            raise CheckpointError(f"checkpoint file {self.path} is {self._size} bytes, the manifest says "
+                                  f"{expected['bytes']}: the file is truncated or was replaced")
+        actual = f"{self.crc32():08x}"
+        if actual != expected["crc32"]:
+            raise CheckpointError(f"checkpoint file {self.path} is corrupted: CRC32 {actual}, "
+                                  f"the manifest says {expected['crc32']}")
+
+    def close(self) -> None:
+        """Drop the reader's hold on the mapping. It is unmapped when the last view of it is gone
+        (each view holds a reference; an explicit munmap would leave live views dangling)."""
+        self._map = None
 
 
 def fsync_dir(path: str) -> None:

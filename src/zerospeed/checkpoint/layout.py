@@ -4,7 +4,7 @@
       latest                       text: the tag of the newest committed checkpoint
       <tag>/
         manifest.json              written last; its presence means the checkpoint is complete
-        model.safetensors          module state (params in model dtype, frozen params, buffers)
+        model.safetensors          module state in the model dtype (at stage 3 only what no master holds)
         engine_state.pt            LR scheduler, loss scaler, param-group hyperparameters, client_state
         rank00000.safetensors ...  per rank: fp32 master pieces, their optimizer states, RNG states
       .tmp-<tag>-<id>/             a save in progress (ignored by loaders, removed by the next save)
@@ -23,6 +23,8 @@ from zerospeed.errors import CheckpointError
 
 FORMAT_NAME = "zerospeed.checkpoint"
 FORMAT_VERSION = 1
+# 1.1: at stage 3 the module file leaves out what the master pieces hold (module_tensors_in_shards).
+FORMAT_MINOR_VERSION = 1
 MANIFEST = "manifest.json"
 MODEL_FILE = "model.safetensors"
 ENGINE_STATE_FILE = "engine_state.pt"
@@ -68,9 +70,10 @@ def read_manifest(tag_dir: str) -> dict:
         raise CheckpointError(f"checkpoint manifest {path} is unreadable or corrupted: {error}") from error
     if not isinstance(manifest, dict) or manifest.get("format") != FORMAT_NAME:
         raise CheckpointError(f"checkpoint manifest {path} is not a {FORMAT_NAME} manifest")
-    if manifest.get("version", 0) > FORMAT_VERSION:
-        raise CheckpointError(f"checkpoint manifest {path} has format version {manifest['version']}; this "
-                              f"zerospeed reads versions up to {FORMAT_VERSION}: upgrade zerospeed")
+    version = (manifest.get("version", 0), manifest.get("minor_version", 0))
+    if version > (FORMAT_VERSION, FORMAT_MINOR_VERSION):
+        raise CheckpointError(f"checkpoint manifest {path} has format version {version[0]}.{version[1]}; this "
+                              f"zerospeed reads versions up to {FORMAT_VERSION}.{FORMAT_MINOR_VERSION}: upgrade zerospeed")
     return manifest
 
 

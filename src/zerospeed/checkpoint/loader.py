@@ -7,25 +7,30 @@ share of the files. The ranks then agree: if any rank found a problem, every ran
 the same CheckpointError and nothing has changed anywhere. *Apply*: module tensors,
 master pieces and optimizer states are copied in, the model is refreshed from the
 masters (`sync_working_from_master`), then scaler, counters, scheduler and RNG.
+
+Files are memory-mapped (`files.SafetensorsReader`): every saved range is copied once,
+from the page cache straight into its destination. A stage-3 engine loads its module with
+no collective: each rank copies just its own chunk of every parameter into its shard,
+skipping those its masters fill next (`state.load_partitioned`). Other engines get whole
+tensors, rebuilt from the master pieces where the save kept them there (`module_source`).
 """
 
 from __future__ import annotations
 
-import contextlib
 import io
 import json
 import os
 from dataclasses import dataclass, field
 
 import torch
-from safetensors import safe_open
 
 from zerospeed import comm
 from zerospeed.checkpoint import layout, rng
 from zerospeed.checkpoint.files import verify_file
+from zerospeed.checkpoint.module_source import CheckpointFiles, ModuleSource
 from zerospeed.checkpoint.saver import wait_for_pending
-from zerospeed.checkpoint.state import gathered_module, raw_state_dict
-from zerospeed.checkpoint.universal import Copy, SavedPiece, missing_ranges, plan_copies
+from zerospeed.checkpoint.state import gathered_module, is_partitioned, load_partitioned, raw_state_dict
+from zerospeed.checkpoint.universal import Copy, missing_ranges, plan_copies, saved_pieces
 from zerospeed.errors import CheckpointError
 from zerospeed.utils.logging import log_dist, logger
 
@@ -56,6 +61,7 @@ class Plan:
     tag: str
     tag_dir: str
     manifest: dict
+    files: CheckpointFiles
     pieces: list[PieceLoad] = field(default_factory=list)
 
 
@@ -89,16 +95,8 @@ def _check_module(manifest: dict, module: torch.nn.Module, options: Options, whe
                               "pass load_module_strict=False to load the tensors they share")
 
 
-def _saved_pieces(manifest: dict) -> dict[str, list[SavedPiece]]:
-    found: dict[str, list[SavedPiece]] = {}
-    for rank, shard in manifest["shards"].items():
-        for index, piece in enumerate(shard["pieces"]):
-            found.setdefault(piece["name"], []).append(SavedPiece(piece["start"], piece["end"], int(rank), index))
-    return found
-
-
 def _plan_pieces(manifest: dict, optimizer, options: Options, where: str) -> list[PieceLoad]:
-    saved = _saved_pieces(manifest)
+    saved = saved_pieces(manifest["shards"])
     parameters = manifest["parameters"]
     shards = manifest["shards"]
     loads, missing = [], []
@@ -127,11 +125,27 @@ def _plan_pieces(manifest: dict, optimizer, options: Options, where: str) -> lis
 
 
 def _files_to_verify(manifest: dict, options: Options, rank: int, world: int) -> list[str]:
-    """This rank's share of the files: each file is checked by one rank, the ranks in parallel."""
-    names = sorted(manifest["files"])
-    if options.module_only:
-        names = [n for n in names if n in (layout.MODEL_FILE, layout.ENGINE_STATE_FILE)]
-    return [name for i, name in enumerate(names) if i % world == rank]
+    """This rank's share of the files: each file is checked by one rank, the ranks in parallel.
+
+    Saving rank r's shard goes to rank r mod world (at an unchanged world size the rank that
+    reads it next, from pages the check just brought in); every other file to the rank with
+    the fewest bytes to check so far.
+    """
+    files = manifest["files"]
+    shard_owner = {shard["file"]: int(r) % world for r, shard in manifest.get("shards", {}).items()}
+    needed = sorted(files)
+    if options.module_only and not manifest.get("module_tensors_in_shards"):
+        needed = [n for n in needed if n in (layout.MODEL_FILE, layout.ENGINE_STATE_FILE)]
+    load = [0] * world
+    mine = []
+    for name in sorted(needed, key=lambda n: (n not in shard_owner, n)):
+        owner = shard_owner.get(name)
+        if owner is None:
+            owner = min(range(world), key=lambda r: (load[r], r))
+        load[owner] += files[name]["bytes"]
+        if owner == rank:
+            mine.append(name)
+    return mine
 
 
 def make_plan(engine, load_dir: str, tag, options: Options) -> Plan | None:
@@ -143,7 +157,8 @@ def make_plan(engine, load_dir: str, tag, options: Options) -> Plan | None:
     where = f"load_checkpoint({tag_dir})"
     if options.custom_load_fn is None:
         _check_module(manifest, engine.module, options, where)
-    plan = Plan(tag, tag_dir, manifest)
+    ModuleSource(manifest).check(where)
+    plan = Plan(tag, tag_dir, manifest, CheckpointFiles(tag_dir, manifest))
     if engine.optimizer is not None and not options.module_only:
         if not manifest.get("shards") or manifest.get("optimizer") is None:
             raise CheckpointError(f"{where}: the checkpoint holds no optimizer state; pass load_module_only=True")
@@ -168,12 +183,19 @@ def agree(error: str | None) -> None:
 
 
 # -- apply ------------------------------------------------------------------------------------
+def _filled_by_masters(engine, plan: Plan) -> set[int]:
+    """Ids of the parameters whose elements on this rank the master pieces about to be loaded cover."""
+    named = dict(engine.module.named_parameters(remove_duplicate=False))
+    return {id(named[load.piece.name]) for load in plan.pieces if load.piece.name in named}
+
+
 def _load_module(engine, plan: Plan, options: Options) -> None:
-    path = os.path.join(plan.tag_dir, plan.manifest["module_file"])
-    with safe_open(path, framework="pt", device="cpu") as f:
-        state = {name: f.get_tensor(name) for name in f.keys()}
-    for name, first in plan.manifest.get("module_ties", {}).items():
-        state[name] = state[first]
+    source = ModuleSource(plan.manifest, plan.files)
+    if is_partitioned(engine.module) and options.custom_load_fn is None:
+        filled = set() if options.module_only or engine.optimizer is None else _filled_by_masters(engine, plan)
+        load_partitioned(engine.module, source, filled)
+        return
+    state = {name: source.full(name) for name in source.names()}
     with gathered_module(engine.module, modify=True):
         if options.custom_load_fn is not None:
             options.custom_load_fn(src=state, dst=engine.module)
@@ -192,11 +214,12 @@ def _scalar_device(optimizer, tensor: torch.Tensor) -> torch.device:
     return torch.device("cpu")
 
 
-def _fill(load: PieceLoad, key: str, files, like: torch.Tensor | None) -> torch.Tensor:
-    """The wanted range of saved tensor `p<i>.<key>` assembled from its copies (into `like` if given)."""
+def _fill(load: PieceLoad, key: str, files: CheckpointFiles, like: torch.Tensor | None) -> torch.Tensor:
+    """The wanted range of saved tensor `p<i>.<key>` assembled from its copies, into `like` when given
+    (else a new tensor): each saved range is copied once, from the mapped file."""
     target = like
     for copy in load.copies:
-        source = files(copy.source.rank).get_slice(f"p{copy.source.index}.{key}")
+        source = files.shard(copy.source.rank).tensor(f"p{copy.source.index}.{key}")
         part = source[copy.source_offset : copy.source_offset + copy.length]
         if target is None:
             target = torch.empty(load.piece.end - load.piece.start, dtype=part.dtype, device=load.piece.tensor.device)
@@ -204,21 +227,34 @@ def _fill(load: PieceLoad, key: str, files, like: torch.Tensor | None) -> torch.
     return target
 
 
-def _load_pieces(engine, plan: Plan, options: Options, files) -> None:
+def _reusable(current, load: PieceLoad, key: str, files: CheckpointFiles) -> torch.Tensor | None:
+    """The piece's existing state tensor `key` when the saved one can be copied into it as is."""
+    if not isinstance(current, torch.Tensor) or current.dim() != 1:
+        return None
+    source = load.copies[0].source
+    saved_dtype = files.shard(source.rank).tensor(f"p{source.index}.state.{key}").dtype
+    fits = current.numel() == load.piece.end - load.piece.start and current.dtype == saved_dtype
+    return current if fits and current.device == load.piece.tensor.device else None
+
+
+def _load_pieces(engine, plan: Plan, options: Options) -> None:
     optimizer = engine.optimizer
+    files = plan.files
     with torch.no_grad():
         for load in plan.pieces:
             _fill(load, "master", files, load.piece.tensor)
             if not options.optimizer_states:
                 continue
+            current = optimizer.state.get(load.piece.tensor, {})
             state = dict(load.values)
             for key, kind in load.states.items():
                 if kind == "elementwise":
-                    state[key] = _fill(load, f"state.{key}", files, None)
+                    # Into the state tensor already there (a resumed engine has one): no allocation.
+                    state[key] = _fill(load, f"state.{key}", files, _reusable(current.get(key), load, key, files))
                 else:
                     source = load.copies[0].source
-                    value = files(source.rank).get_tensor(f"p{source.index}.state.{key}")
-                    state[key] = value.to(_scalar_device(optimizer, load.piece.tensor))
+                    value = files.shard(source.rank).tensor(f"p{source.index}.state.{key}")
+                    state[key] = value.to(_scalar_device(optimizer, load.piece.tensor), copy=True)
             optimizer.state[load.piece.tensor] = state
 
 
@@ -227,15 +263,15 @@ def _load_engine_state(plan: Plan) -> dict:
         return torch.load(io.BytesIO(f.read()), map_location="cpu", weights_only=False)
 
 
-def _restore_rng(plan: Plan, files) -> None:
+def _restore_rng(plan: Plan) -> None:
     rank = comm.get_rank()
     if str(rank) not in plan.manifest["shards"]:
         if rank == plan.manifest["world_size"]:  # say it once, on the first rank without a saved state
             logger.warning(f"checkpoint was saved by {plan.manifest['world_size']} ranks: ranks >= that keep their RNG state")
         return
-    handle = files(rank)
+    handle = plan.files.shard(rank)
     facts = json.loads(handle.metadata()["zerospeed"])["rng"]
-    tensors = {k: handle.get_tensor(k) for k in handle.keys() if k.startswith("rng.")}
+    tensors = {k: handle.tensor(k) for k in handle.keys() if k.startswith("rng.")}
     rng.restore(tensors, facts)
 
 
@@ -244,26 +280,23 @@ def apply_plan(engine, plan: Plan, options: Options) -> dict:
     engine_state = _load_engine_state(plan)
     _load_module(engine, plan, options)
     optimizer = engine.optimizer
-    if options.module_only:
+    partitioned = is_partitioned(engine.module)
+    if options.module_only or optimizer is None:
         if optimizer is not None:
             optimizer.refresh_master_from_working()
-        return engine_state.get("client_state", {})
-    with contextlib.ExitStack() as stack:
-        opened: dict[int, object] = {}
+        if partitioned:  # units that stay gathered (persistent ones) show the new shards
+            from zerospeed.zero.stage3.state_dict import refresh_gathered
 
-        def files(rank: int):
-            if rank not in opened:
-                path = os.path.join(plan.tag_dir, layout.shard_file(rank))
-                opened[rank] = stack.enter_context(safe_open(path, framework="pt", device="cpu"))
-            return opened[rank]
-
-        if optimizer is not None:
-            _load_pieces(engine, plan, options, files)
-            if options.optimizer_states:
-                for group, saved in zip(optimizer.param_groups, engine_state["param_groups"]):
-                    group.update(saved)
-            optimizer.sync_working_from_master()
-        _restore_rng(plan, files)
+            refresh_gathered(engine.module)
+        if options.module_only:
+            return engine_state.get("client_state", {})
+    if optimizer is not None:
+        _load_pieces(engine, plan, options)
+        if options.optimizer_states:
+            for group, saved in zip(optimizer.param_groups, engine_state["param_groups"]):
+                group.update(saved)
+        optimizer.sync_working_from_master()
+    _restore_rng(plan)
     engine.loss_scaler.load_state_dict(engine_state["loss_scaler"])
     for name, value in plan.manifest["counters"].items():
         setattr(engine, name, value)
@@ -288,7 +321,10 @@ def load(engine, load_dir: str, tag=None, options: Options = Options()) -> tuple
         logger.warning(f"load_checkpoint: no complete checkpoint in {load_dir} (no 'latest' file and no tag "
                        "directory with a manifest); nothing loaded")
         return None, None
-    client_state = apply_plan(engine, plan, options)
+    try:
+        client_state = apply_plan(engine, plan, options)
+    finally:
+        plan.files.close()
     log_dist(f"loaded checkpoint {plan.tag_dir} (saved by {plan.manifest['world_size']} ranks at ZeRO stage "
              f"{plan.manifest['zero_stage']})")
     return plan.tag_dir, client_state

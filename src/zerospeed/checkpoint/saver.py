@@ -4,7 +4,9 @@ Protocol (every step is durable before the next starts; see docs/checkpoint-form
 1. every rank agrees on the tag (and tag_validation) and on a fresh temp dir name;
 2. every rank snapshots its state: its fp32 master pieces and their optimizer states, its
    RNG states; rank 0 also the module's tensors and the engine state (the *stall*; with
-   `async_save` the tensors are cloned to CPU here and everything after runs in a thread);
+   `async_save` the tensors are cloned to CPU here and everything after runs in a thread).
+   At stage 3 the module file gets only what no master holds (buffers, frozen parameters,
+   gathered unit by unit); the manifest says which module tensors the master pieces hold;
 3. every rank writes `rank<r>.safetensors` into `.tmp-<tag>-<id>/` and fsyncs it, then a
    small `.rank<r>.json` note with the file's size, CRC32 and pieces;
 4. rank 0, once every note is there, writes `manifest.json` (fsync), renames the temp
@@ -30,7 +32,8 @@ import torch
 from zerospeed import comm
 from zerospeed.checkpoint import layout, rng, snapshot_buffers
 from zerospeed.checkpoint.files import atomic_write_text, fsync_dir, write_bytes, write_safetensors
-from zerospeed.checkpoint.state import rank0_module_tensors
+from zerospeed.checkpoint.module_source import ModuleSource
+from zerospeed.checkpoint.state import ModuleSnapshot, is_partitioned, rank0_module_snapshot
 from zerospeed.errors import CheckpointError
 from zerospeed.utils.logging import log_dist, logger
 from zerospeed.version import __version__
@@ -132,14 +135,6 @@ def _engine_state_bytes(engine, client_state: dict, extra: dict) -> bytes:
     return buffer.getvalue()
 
 
-def _with_ties(model: dict[str, torch.Tensor], ties: dict[str, str]) -> dict[str, torch.Tensor]:
-    """Every module tensor by name, tied names included (mapped to their first name's tensor)."""
-    out = dict(model)
-    for name, first in ties.items():
-        out[name] = model[first]
-    return out
-
-
 def _aliases(module: torch.nn.Module) -> dict[str, list[str]]:
     names: dict[int, list[str]] = {}
     for name, param in module.named_parameters(remove_duplicate=False):
@@ -147,11 +142,12 @@ def _aliases(module: torch.nn.Module) -> dict[str, list[str]]:
     return {group[0]: group[1:] for group in names.values() if len(group) > 1}
 
 
-def _manifest_base(engine, tag: str, model: dict[str, torch.Tensor], ties: dict[str, str], excluded: list[str]) -> dict:
+def _manifest_base(engine, tag: str, module: ModuleSnapshot, excluded: list[str]) -> dict:
     policy = engine.policy
     optimizer = engine.optimizer
     return {
-        "format": layout.FORMAT_NAME, "version": layout.FORMAT_VERSION, "tag": tag,
+        "format": layout.FORMAT_NAME, "version": layout.FORMAT_VERSION, "minor_version": layout.FORMAT_MINOR_VERSION,
+        "tag": tag,
         "created_unix": time.time(), "zerospeed_version": __version__,
         "world_size": engine.world_size, "zero_stage": engine.zero_optimization_stage(),
         "param_dtype": str(policy.param_dtype).removeprefix("torch."), "master_dtype": "float32",
@@ -159,14 +155,23 @@ def _manifest_base(engine, tag: str, model: dict[str, torch.Tensor], ties: dict[
         "optimizer": None if optimizer is None else {
             "class": type(optimizer.optimizer).__name__, "param_groups": len(optimizer.param_groups)},
         "module_file": layout.MODEL_FILE,
-        "module_tensors": {name: {"shape": list(t.shape), "dtype": str(t.dtype).removeprefix("torch.")}
-                           for name, t in _with_ties(model, ties).items()},
-        "module_ties": ties,
+        "module_tensors": module.specs,
+        "module_ties": module.ties,
+        "module_tensors_in_shards": module.in_shards,
         "aliases": _aliases(engine.module),
         "frozen_parameters": [n for n, p in engine.module.named_parameters() if not p.requires_grad],
         "excluded_frozen_parameters": excluded,
         "config": engine._config.to_dict() if hasattr(engine._config, "to_dict") else {},
     }
+
+
+def _master_param_names(engine) -> dict[int, str]:
+    """Stage 3: the parameters whose values the fp32 master pieces hold (the same on every rank)."""
+    if engine.optimizer is None or not is_partitioned(engine.module):
+        return {}
+    from zerospeed.zero.stage3.state_dict import master_param_names
+
+    return master_param_names(engine.optimizer)
 
 
 def take_snapshot(engine, save_dir: str, tag: str, run_id: str, client_state: dict, save_latest: bool,
@@ -183,13 +188,12 @@ def take_snapshot(engine, save_dir: str, tag: str, run_id: str, client_state: di
         shard=shard, shard_meta={"rank": rank, "pieces": pieces, "rng": rng_facts},
     )
     excluded = [n for n, p in engine.module.named_parameters() if not p.requires_grad] if exclude_frozen else []
-    # A collective at stage 3 (gathered unit by unit; rank 0 keeps CPU copies of the full values).
-    module = rank0_module_tensors(engine.module, exclude=set(excluded), clone=clone)
+    # At stage 3 a collective when some parameter has no master (its unit is gathered).
+    module = rank0_module_snapshot(engine.module, _master_param_names(engine), exclude=set(excluded), clone=clone)
     if rank == 0:
-        tensors, extra, ties = module
-        snap.model = tensors
-        snap.engine_state = _engine_state_bytes(engine, client_state, extra)
-        snap.manifest = _manifest_base(engine, tag, tensors, ties, excluded)
+        snap.model = module.tensors
+        snap.engine_state = _engine_state_bytes(engine, client_state, module.extra)
+        snap.manifest = _manifest_base(engine, tag, module, excluded)
     snap.stall_s = time.perf_counter() - started
     return snap
 
@@ -238,6 +242,8 @@ def commit(snap: Snapshot, wait_for_notes: bool) -> None:
         for piece in note["pieces"]:
             parameters.setdefault(piece["name"], {"shape": piece["shape"], "group": piece["group"]})
     manifest["parameters"] = parameters
+    # The module tensors left out of the module file must be whole in the shards, or the save fails here.
+    ModuleSource(manifest).check(f"checkpoint '{snap.tag}'")
     write_bytes(os.path.join(snap.temp_dir, layout.MANIFEST), json.dumps(manifest, indent=1, default=str).encode())
     for rank in range(snap.world_size):
         os.remove(os.path.join(snap.temp_dir, layout.rank_info_file(rank)))

@@ -32,6 +32,15 @@ class Copy:
     length: int
 
 
+def saved_pieces(shards: dict) -> dict[str, list[SavedPiece]]:
+    """Every saved piece by parameter name, from a manifest's `shards` field."""
+    found: dict[str, list[SavedPiece]] = {}
+    for rank, shard in shards.items():
+        for index, piece in enumerate(shard["pieces"]):
+            found.setdefault(piece["name"], []).append(SavedPiece(piece["start"], piece["end"], int(rank), index))
+    return found
+
+
 def plan_copies(saved: Sequence[SavedPiece], start: int, end: int) -> list[Copy]:
     """Copies that fill [start, end) from `saved`, one per overlapping piece, in element order.
 

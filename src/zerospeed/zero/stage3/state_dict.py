@@ -5,6 +5,11 @@ unless its parameters are gathered, e.g. inside `GatheredParameters`.
 `gather_full_state_dict(module)` is the collective way to get every full tensor: it
 gathers one unit at a time, copies its values, and releases it again, so the peak is
 the result plus one unit.
+
+Checkpoints read and write shards without gathering: `master_param_names` says which
+parameters an optimizer's fp32 masters hold (a save need not gather those),
+`shard_for_update` lets a load write this rank's chunks in place, and `refresh_gathered`
+re-gathers the units that stay gathered afterwards.
 """
 
 from __future__ import annotations
@@ -109,3 +114,46 @@ def gather_full_state_dict(module: torch.nn.Module, dtype: torch.dtype | None = 
                 tensor = tensor.to(dtype)
             out[key] = tensor.clone()
     return out
+
+
+def master_param_names(optimizer) -> dict[int, str]:
+    """`id(param)` -> the name its fp32 master pieces are saved under, for every parameter the
+    stage-3 `optimizer` steps.
+
+    The same on every rank, also for a parameter so small that some ranks hold none of its
+    elements (and so no piece): the ranks decide alike, without a collective, which units a
+    checkpoint save still has to gather.
+    """
+    names: dict[int, str] = {}
+    for state in getattr(getattr(optimizer, "reducer", None), "states", ()):
+        for index in state.trainable:
+            names[id(state.unit.params[index])] = state.unit.names[index]
+    return names
+
+
+@contextlib.contextmanager
+def shard_for_update(unit: ParamUnit):
+    """`unit.shard` in memory and writable inside the block; on exit it is stored (swapped back
+    out to NVMe if it lives there) and the unit's fp32 master refreshed from it. No collective:
+    units still gathered (persistent ones) need `refresh_gathered` afterwards."""
+    from zerospeed.zero.offload.nvme_params import SwappedParamUnit
+
+    swapped = isinstance(unit, SwappedParamUnit)
+    if swapped:
+        unit.tier.swap_in(unit)
+    try:
+        yield unit.shard
+        if swapped:
+            unit.tier.store(unit, unit.shard)
+    finally:
+        if swapped:
+            unit.tier.release(unit)
+    if unit.on_shard_written is not None:
+        unit.on_shard_written()
+
+
+def refresh_gathered(module: torch.nn.Module) -> None:
+    """Re-gather every unit of `module` that is gathered (persistent or held), after its shard
+    changed. A collective: every rank calls it (the gathered units are the same on every rank)."""
+    for unit in units_in(module):
+        unit.refresh()
