@@ -82,10 +82,11 @@ def full_params(engine) -> dict[str, torch.Tensor]:
 def state_of(engine) -> dict:
     """This rank's master pieces with optimizer states, working params (whole), counters, lr, scaler."""
     pieces = []
-    for piece in engine.optimizer.logical_pieces():
-        state = {k: (v.detach().clone() if isinstance(v, torch.Tensor) else v)
-                 for k, v in engine.optimizer.state.get(piece.tensor, {}).items()}
-        pieces.append((piece.name, tuple(piece.shape), piece.start, piece.end, piece.tensor.detach().clone(), state))
+    with engine.optimizer.materialized():  # states swapped in from NVMe (a no-op otherwise)
+        for piece in engine.optimizer.logical_pieces():
+            state = {k: (v.detach().clone() if isinstance(v, torch.Tensor) else v)
+                     for k, v in engine.optimizer.state.get(piece.tensor, {}).items()}
+            pieces.append((piece.name, tuple(piece.shape), piece.start, piece.end, piece.tensor.detach().clone(), state))
     return {
         "stage": engine.zero_optimization_stage(),
         "pieces": pieces,

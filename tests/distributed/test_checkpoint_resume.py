@@ -1,10 +1,11 @@
 """Exact resume: train, save, train on; fresh processes load and train the same steps -> identical numbers.
 
 Bitwise (==, torch.equal) in fp32, bf16 and fp16 on CPU, for stages 0-3 (stage 3: whole
-parameters gathered for the comparison), CPU offload and an async save taken while training
-continues. Two launches cover every variant.
+parameters gathered for the comparison), CPU offload, stage 3 with shards and masters on
+NVMe, and an async save taken while training continues. Two launches cover every variant.
 """
 
+import json
 import os
 
 import pytest
@@ -29,13 +30,25 @@ VARIANTS = {
     "stage3-offload": (3, {"zero_optimization": {"stage3_param_persistence_threshold": 0,
                                                  "offload_optimizer": {"device": "cpu"},
                                                  "offload_param": {"device": "cpu"}}}),
+    # Shards (the frozen layer's too) and masters in swap files: the load writes chunks into swapped shards.
+    "stage3-nvme": (3, {"zero_optimization": {
+        "stage3_param_persistence_threshold": 40, "sub_group_size": 300,
+        "offload_optimizer": {"device": "nvme", "nvme_path": "{swap}"},
+        "offload_param": {"device": "nvme", "nvme_path": "{swap}", "max_in_cpu": 0, "buffer_size": 1000}}}),
 }
+
+
+def _with_swap(extra: dict, root: str) -> dict:
+    """`extra` with "{swap}" replaced by a swap directory under `root`."""
+    swap = os.path.join(root, "swap")
+    os.makedirs(swap, exist_ok=True)
+    return json.loads(json.dumps(extra).replace("{swap}", swap))
 
 
 def _first_run(root: str) -> dict:
     out = {}
     for name, (stage, extra) in VARIANTS.items():
-        engine = common.build(stage, extra)
+        engine = common.build(stage, _with_swap(extra, root))
         common.scramble_rng(1)
         common.train(engine, 0, SAVE_AT)
         engine.save_checkpoint(os.path.join(root, name), client_state={"note": name, "step": SAVE_AT},
@@ -49,7 +62,7 @@ def _first_run(root: str) -> dict:
 def _resumed_run(root: str) -> dict:
     out = {}
     for name, (stage, extra) in VARIANTS.items():
-        engine = common.build(stage, extra, seed=7)  # different initial weights: all must come from the checkpoint
+        engine = common.build(stage, _with_swap(extra, root), seed=7)  # initial weights differ: all must come from the checkpoint
         common.scramble_rng(99)
         path, client_state = engine.load_checkpoint(os.path.join(root, name))
         counters_after_load = common.state_of(engine)["counters"]

@@ -199,3 +199,132 @@ def test_tied_stage3_checkpoint_loads_at_stage1(tied):
             assert torch.equal(value, actual[name][key]), f"{name}.{key}"
     for name, value in _gathered(ranks).items():
         assert torch.equal(ranks[0]["stage1"]["params"][name], value), name
+
+
+# -- frozen parameters left out, custom_load_fn, non-strict, format 1.0 ------------------------------
+class WiderLM(TiedLM):
+    """TiedLM plus a layer the checkpoint does not have."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.extra = torch.nn.Linear(DIM, 3)
+
+
+def _as_format_1_0(tag_dir: str, out_dir: str) -> None:
+    """A copy of `tag_dir` as zerospeed wrote stage-3 checkpoints before 1.1: every module tensor
+    (trainable ones too, in the model dtype) in the module file, no minor_version."""
+    import shutil
+    import zlib
+
+    from zerospeed.checkpoint.consolidate import Consolidator
+    from zerospeed.checkpoint.files import write_safetensors
+
+    shutil.copytree(tag_dir, out_dir)
+    with open(os.path.join(out_dir, "manifest.json")) as f:
+        manifest = json.load(f)
+    with Consolidator(os.path.dirname(tag_dir), os.path.basename(tag_dir)) as consolidator:
+        full = {name: consolidator.tensor(name) for name in manifest["module_tensors"]
+                if name not in manifest["module_ties"]}
+    write_safetensors(os.path.join(out_dir, "model.safetensors"), full)
+    data = open(os.path.join(out_dir, "model.safetensors"), "rb").read()
+    manifest["files"]["model.safetensors"] = {"bytes": len(data), "crc32": f"{zlib.crc32(data):08x}"}
+    del manifest["minor_version"], manifest["module_tensors_in_shards"]
+    with open(os.path.join(out_dir, "manifest.json"), "w") as f:
+        json.dump(manifest, f)
+
+
+def _run_variants(root: str) -> dict:
+    from zerospeed import comm
+    from zerospeed.errors import CheckpointError
+
+    engine = common.build(3, STAGE3, model=tied_model(0))
+    common.train(engine, 0, 3)
+    engine.save_checkpoint(os.path.join(root, "nofrozen"), exclude_frozen_parameters=True)
+    engine.save_checkpoint(os.path.join(root, "full"))
+    out = {"saved": common.state_of(engine)}
+    if comm.get_rank() == 0:
+        _as_format_1_0(os.path.join(root, "full", "global_step3"), os.path.join(root, "v1_0", "global_step3"))
+    comm.barrier()
+
+    nofrozen = common.build(3, STAGE3, seed=7, model=tied_model(7))
+    frozen_before = common.full_params(nofrozen)
+    nofrozen.load_checkpoint(os.path.join(root, "nofrozen"))
+    out["nofrozen"] = {"before": frozen_before, "after": common.state_of(nofrozen), "loss": common.train(nofrozen, 3, 1)}
+
+    seen = {}
+
+    def custom(src, dst):
+        seen.update({name: (tuple(value.shape), value.dtype) for name, value in src.items()})
+        dst.load_state_dict(src, strict=True)
+
+    custom_engine = common.build(3, STAGE3, seed=7, model=tied_model(7))
+    custom_engine.load_checkpoint(os.path.join(root, "full"), custom_load_fn=custom)
+    out["custom"] = {"src": seen, "state": common.state_of(custom_engine)}
+
+    torch.manual_seed(7)
+    wider = common.build(3, STAGE3, seed=7, model=WiderLM())
+    extra_before = common.full_params(wider)
+    try:
+        wider.load_checkpoint(os.path.join(root, "full"))
+        out["strict_error"] = None
+    except CheckpointError as error:
+        out["strict_error"] = str(error)
+    wider.load_checkpoint(os.path.join(root, "full"), load_module_strict=False)
+    out["non_strict"] = {"before": extra_before, "after": common.full_params(wider)}
+
+    for label, stage, module_only in (("v1_0_stage3", 3, False), ("v1_0_module_only", 3, True), ("v1_0_stage1", 1, False)):
+        target = common.build(stage, STAGE3 if stage == 3 else None, seed=7, model=tied_model(7))
+        target.load_checkpoint(os.path.join(root, "v1_0"), load_module_only=module_only)
+        out[label] = common.state_of(target)
+    return out
+
+
+@pytest.fixture(scope="module")
+def variants(tmp_path_factory):
+    return run_distributed(_run_variants, 2, str(tmp_path_factory.mktemp("stage3variants")), timeout=240)
+
+
+def _assert_same_weights_and_masters(saved: list[dict], loaded: list[dict], masters: bool = True) -> None:
+    for rank_saved, rank_loaded in zip(saved, loaded):
+        for name, value in rank_saved["params"].items():
+            assert torch.equal(rank_loaded["params"][name], value), name
+    if masters:
+        expected, actual = common.assemble(saved), common.assemble(loaded)
+        assert expected.keys() == actual.keys()
+        for name, entry in expected.items():
+            for key, value in entry.items():
+                assert torch.equal(value, actual[name][key]), f"{name}.{key}"
+
+
+def test_exclude_frozen_parameters_keeps_the_loading_models_frozen_layer(variants):
+    for result in variants:
+        before, after = result["nofrozen"]["before"], result["nofrozen"]["after"]["params"]
+        for name, value in result["saved"]["params"].items():
+            expected = before[name] if name.startswith("frozen.") else value
+            assert torch.equal(after[name], expected), name
+        assert all(loss == loss for loss in result["nofrozen"]["loss"])
+
+
+def test_custom_load_fn_gets_whole_tensors_rebuilt_from_the_masters(variants):
+    for result in variants:
+        src = result["custom"]["src"]
+        assert set(src) == set(result["saved"]["params"]) | {"head.weight", "scale"}
+        for name, value in result["saved"]["params"].items():
+            assert src[name] == (tuple(value.shape), torch.float32), name
+    _assert_same_weights_and_masters([r["saved"] for r in variants], [r["custom"]["state"] for r in variants], False)
+
+
+def test_strict_error_names_the_missing_layer_and_non_strict_keeps_it(variants):
+    for result in variants:
+        assert "missing from the checkpoint (2): extra.bias, extra.weight" in result["strict_error"]
+        before, after = result["non_strict"]["before"], result["non_strict"]["after"]
+        for name in ("extra.weight", "extra.bias"):
+            assert torch.equal(after[name], before[name]), name
+        for name, value in result["saved"]["params"].items():
+            assert torch.equal(after[name], value), name
+
+
+@pytest.mark.parametrize("label", ["v1_0_stage3", "v1_0_module_only", "v1_0_stage1"])
+def test_format_1_0_checkpoint_still_loads(variants, label):
+    _assert_same_weights_and_masters([r["saved"] for r in variants], [r[label] for r in variants],
+                                     masters=label != "v1_0_module_only")
