@@ -20,20 +20,24 @@ from zerospeed.monitor.engine_events import StepObserver
 from zerospeed.monitor.monitor import MonitorMaster
 from zerospeed.profiling.engine_profiler import build_flops_profiler
 from zerospeed.runtime.data import build_dataloader
+from zerospeed.runtime.engine_compat import EngineCompat
 from zerospeed.runtime.model_sync import broadcast_module_state
 from zerospeed.runtime.param_groups import normalize_param_groups
 from zerospeed.runtime.precision import precision_from_config
 from zerospeed.runtime.timers import BACKWARD, FORWARD, STEP, ThroughputTimer, Timers
+from zerospeed.utils import groups as compat_groups
 from zerospeed.utils.logging import log_dist
 from zerospeed.zero.builder import build_zero_optimizer
 from zerospeed.zero.offload import NVMeSettings
 from zerospeed.zero.partitioned_optimizer import OffloadPolicy
 
 SUPPORTED_STAGES = (0, 1, 2, 3)
+MEMORY_OPT_ALLREDUCE_SIZE = 500_000_000  # DeepSpeed's constant, imported by scripts from this module
 
 
-class Engine(torch.nn.Module):
-    """DeepSpeed-compatible engine (`DeepSpeedEngine` is the same class)."""
+class Engine(EngineCompat, torch.nn.Module):
+    """DeepSpeed-compatible engine (`DeepSpeedEngine` is the same class); DeepSpeed's queries
+    and utilities around the loop come from `EngineCompat` (runtime/engine_compat.py)."""
 
     def __init__(
         self,
@@ -54,6 +58,7 @@ class Engine(torch.nn.Module):
         comm.configure_logger(config.comms_logger)  # comms_logger section: what the comm log records and prints
         self.accelerator = get_accelerator()
         self.mpu = mpu
+        compat_groups.mpu = mpu  # deepspeed.utils.groups answers with the last engine's layout
         # Data parallelism runs over mpu's data-parallel group when one is given (pipeline or
         # tensor parallel layouts); the gradient norm also sums over its model-parallel group.
         self.dp_group = mpu.get_data_parallel_group() if mpu is not None else None
@@ -214,6 +219,7 @@ class Engine(torch.nn.Module):
         if boundary:
             self._check_no_new_parameters()
             self._step_applied = self.optimizer.step()
+            self.optimizer.overflow = not self._step_applied  # DeepSpeed's flag; Accelerate's step_was_skipped reads it
             if not self._step_applied:
                 self.skipped_steps += 1
                 log_dist(f"step {self.global_steps}: gradients overflowed, step skipped, loss scale now {self.loss_scaler.cur_scale:g}")

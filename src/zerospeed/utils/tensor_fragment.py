@@ -114,3 +114,143 @@ def safe_set_full_optimizer_state(param: torch.nn.Parameter, value: torch.Tensor
     with _in_memory(optimizer):
         state = optimizer.optimizer.state
         _scatter(param, value, lambda piece: state[piece.tensor][optim_state_key])
+
+
+# -- ZeRO-3 local partitions ------------------------------------------------------------------------
+# DeepSpeed's safe_get_local_* / safe_set_local_* read and write this rank's partition of a
+# stage-3 parameter only: `ds_tensor.numel()` elements (ceil(numel / world), zero-padded on the
+# last ranks), no collective, so a rank may call them alone. Here the partition is the
+# parameter's chunk of its unit's fp32 master; the optimizer state exists for the chunk's real
+# elements (its piece), padding reads as zeros and writes to it are dropped.
+
+
+def _local_slot(param: torch.nn.Parameter):
+    """(optimizer, master, member index, master index) of a stage-3 parameter, or None if frozen."""
+    if not hasattr(param, "ds_id") or getattr(param, "_zs_unit", None) is None:
+        raise EngineError(
+            "safe_get_local_* / safe_set_local_* are defined only for ZeRO stage 3 partitioned parameters "
+            "(as in DeepSpeed); at stages 0-2 use safe_get_full_* / safe_set_full_*"
+        )
+    if not param.requires_grad:
+        return None
+    optimizer, _ = _owner(param)
+    unit = param._zs_unit
+    index = next(i for i, member in enumerate(unit.params) if member is param)
+    for master_index, master in enumerate(optimizer.masters):
+        if master.unit is unit:
+            return optimizer, master, index, master_index
+    raise EngineError(f"{unit.describe(index)} has no optimizer partition on this rank")
+
+
+def _chunk_bounds(master, index: int) -> tuple[int, int, int]:
+    """(offset of the chunk in the master, chunk elements, real elements) of member `index`."""
+    layout = master.unit.layout
+    start, end = layout.logical_range(index, master.unit.rank)
+    return layout.offsets[index], layout.chunks[index], end - start
+
+
+def _piece_of(master, index: int) -> torch.Tensor | None:
+    for member, piece in zip(master.members, master.pieces):
+        if member == index:
+            return piece
+    return None
+
+
+def _check_local_value(param, value: torch.Tensor) -> torch.Tensor:
+    flat = value.detach().reshape(-1)
+    expected = param.ds_tensor.numel()
+    if flat.numel() != expected:
+        raise EngineError(
+            f"local value has {flat.numel()} elements but this rank's partition of the parameter has {expected} "
+            f"(ds_tensor.numel(), ceil({param.ds_numel} / world size))"
+        )
+    return flat
+
+
+def safe_get_local_fp32_param(param: torch.nn.Parameter) -> torch.Tensor | None:
+    """This rank's fp32 partition of a stage-3 parameter (a copy, `ds_tensor.numel()` elements)."""
+    slot = _local_slot(param)
+    if slot is None:
+        return None
+    optimizer, master, index, _ = slot
+    offset, chunk, _ = _chunk_bounds(master, index)
+    with _in_memory(optimizer):
+        return master.weights[offset : offset + chunk].detach().float().clone()
+
+
+def safe_get_local_optimizer_state(param: torch.nn.Parameter, optim_state_key: str) -> torch.Tensor | None:
+    """This rank's partition of optimizer state `optim_state_key`; None before the first step."""
+    slot = _local_slot(param)
+    if slot is None:
+        return None
+    optimizer, master, index, _ = slot
+    _, chunk, real = _chunk_bounds(master, index)
+    with _in_memory(optimizer):
+        piece = _piece_of(master, index)
+        state = optimizer.optimizer.state.get(piece, {}).get(optim_state_key) if piece is not None else None
+        if piece is not None and state is None:
+            return None
+        local = torch.zeros(chunk, dtype=torch.float32, device=master.weights.device)
+        if state is not None:
+            local[:real] = state.detach().reshape(-1).float()
+        return local
+
+
+def safe_get_local_grad(param: torch.nn.Parameter) -> torch.Tensor | None:
+    """This rank's partition of the reduced, unscaled fp32 gradient (after backward, before step)."""
+    slot = _local_slot(param)
+    if slot is None:
+        return None
+    optimizer, master, index, master_index = slot
+    offset, chunk, _ = _chunk_bounds(master, index)
+    reduced = optimizer.reducer.grad_view(master_index)  # the reducer's partition: read before step() consumes it
+    return reduced[offset : offset + chunk].detach().float() / optimizer.loss_scaler.cur_scale
+
+
+def safe_set_local_fp32_param(param: torch.nn.Parameter, value: torch.Tensor) -> None:
+    """Overwrite this rank's fp32 partition (and its working shard); padding elements are ignored.
+
+    Like DeepSpeed's, only this rank's partition changes and no collective runs; a copy of the
+    parameter that is gathered right now (persistent or held) shows the value after the next step.
+    """
+    slot = _local_slot(param)
+    if slot is None:
+        return
+    optimizer, master, index, _ = slot
+    flat = _check_local_value(param, value)
+    offset, _, real = _chunk_bounds(master, index)
+    with _in_memory(optimizer):
+        master.weights[offset : offset + real].copy_(flat[:real].to(master.weights.device))
+        master.write_back()
+
+
+def safe_set_local_optimizer_state(param: torch.nn.Parameter, value: torch.Tensor, optim_state_key: str) -> None:
+    """Overwrite this rank's partition of optimizer state `optim_state_key` (after the first step)."""
+    slot = _local_slot(param)
+    if slot is None:
+        return
+    optimizer, master, index, _ = slot
+    flat = _check_local_value(param, value)
+    _, _, real = _chunk_bounds(master, index)
+    with _in_memory(optimizer):
+        piece = _piece_of(master, index)
+        if piece is None:
+            return  # this rank holds only padding of the parameter: nothing to store
+        state = optimizer.optimizer.state.get(piece, {})
+        if optim_state_key not in state:
+            raise EngineError(f"optimizer state {optim_state_key!r} does not exist yet (it is created by the first step); "
+                              f"present: {sorted(state)}")
+        state[optim_state_key].copy_(flat[:real].to(state[optim_state_key].device).view_as(state[optim_state_key]))
+
+
+def safe_set_local_grad(param: torch.nn.Parameter, value: torch.Tensor) -> None:
+    """Overwrite this rank's partition of the reduced gradient (unscaled fp32 values), before step()."""
+    slot = _local_slot(param)
+    if slot is None:
+        return
+    optimizer, master, index, master_index = slot
+    flat = _check_local_value(param, value)
+    offset, _, real = _chunk_bounds(master, index)
+    reduced = optimizer.reducer.grad_view(master_index)
+    scaled = flat[:real].float() * optimizer.loss_scaler.cur_scale  # the reducer holds loss-scaled gradients
+    reduced[offset : offset + real].copy_(scaled.to(reduced.device, reduced.dtype))
