@@ -227,21 +227,21 @@ def load_partitioned(module: torch.nn.Module, source, filled_by_masters: set[int
             params.setdefault(id(value), (value, []))[1].append(name)
         elif isinstance(value, torch.Tensor) and name in available:
             buffers[name] = source.full(name)
-    writes: dict[int, tuple[object, list[tuple[int, torch.Tensor]]]] = {}
+    wanted: dict[int, tuple[object, list[tuple[int, str]]]] = {}  # id(unit) -> (unit, [(member index, name)])
     for key, (param, names) in params.items():
         name = next((n for n in names if n in available), None)
         if key in filled_by_masters or name is None:
             continue
         unit = param._zs_unit
         index = next(i for i, member in enumerate(unit.params) if member is param)
-        start, end = unit.layout.logical_range(index, unit.rank)
-        if end > start:
-            writes.setdefault(id(unit), (unit, []))[1].append((index, source.flat_range(name, start, end)))
+        wanted.setdefault(id(unit), (unit, []))[1].append((index, name))
     with torch.no_grad():
-        for unit, chunks in writes.values():
+        for unit, members in wanted.values():  # one unit's values at a time
             with shard_for_update(unit) as shard:
-                for index, values in chunks:
+                for index, name in members:
+                    start, end = unit.layout.logical_range(index, unit.rank)
                     offset = unit.layout.offsets[index]
-                    shard[offset : offset + values.numel()].copy_(values)
+                    if end > start:
+                        shard[offset : offset + end - start].copy_(source.flat_range(name, start, end))
         if buffers:
             module.load_state_dict(buffers, strict=False)
