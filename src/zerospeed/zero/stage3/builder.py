@@ -170,6 +170,7 @@ def build_stage3_optimizer(
     plan = ReducePlan(stage=3, world_size=world_size, accum_dtype=policy.grad_accum_dtype,
                       comm_dtype=policy.comm_dtype, predivide=predivide, postdivide=world_size / predivide)
     reducer = UnitGradReducer(trainable, trainable_ids, plan, coordinator.on_grads_reduced, ignored)
+    coordinator.release_by_gradients(state.unit for state in reducer.states if state.trainable)
     master_groups = []
     for group_index, group_options in enumerate(groups):
         options = {k: v for k, v in group_options.items() if k != "params"}

@@ -9,15 +9,22 @@ Rules, in order of the training step:
 - a parameter read through `module.weight` while it is released, inside some module's
   forward, is fetched on the spot and registered as external to the innermost running
   hooked module (DeepSpeed's rule), so the tied LM head `h @ embed.weight.t()` works.
-- backward: units are released once all their gradients are in (the reducer says so);
-  whatever is left is released when backward ends.
+- backward: units are released once all their gradients are in (the reducer says so).
+  A unit no gradient releases (every member frozen or not optimized) is still re-fetched
+  when autograd needs its weights (a frozen Linear's input gradient), and released as soon
+  as its module's backward is done: the pre-hook routes the module's inputs through
+  `_ReleaseAfterBackward`, whose backward runs once every input's gradient is computed
+  (FSDP2's post-backward rule). Whatever is left is released when backward ends.
 - prefetch: while this micro-step's requests follow the last one's, the next units are
   gathered ahead, up to `prefetch_numel` in flight and `max_live_numel` gathered.
+
+`FetchStats` keeps the books: elements gathered now and at most, elements prefetched and
+not yet requested (bounded by `prefetch_numel`), all-gathers issued.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 
 import torch
 
@@ -36,6 +43,21 @@ class FetchPolicy:
     max_reuse_distance: int = 1_000_000_000
 
 
+@dataclass
+class FetchStats:
+    """Gathered elements of non-persistent units, now and at most since `reset_peaks()`."""
+
+    live_numel: int = 0  # gathered or being gathered
+    peak_live_numel: int = 0
+    prefetched_numel: int = 0  # gathered ahead by prefetch, not requested yet
+    peak_prefetched_numel: int = 0
+    all_gathers: int = 0
+    prefetches: int = 0
+
+    def as_dict(self) -> dict[str, int]:
+        return {f.name: getattr(self, f.name) for f in fields(self)}
+
+
 class _RefetchForBackward(torch.autograd.Function):
     """Identity on a module output whose backward first re-gathers the module's units."""
 
@@ -48,6 +70,33 @@ class _RefetchForBackward(torch.autograd.Function):
     def backward(ctx, grad):
         ctx.refetch()
         return None, grad
+
+
+class _ReleaseAfterBackward(torch.autograd.Function):
+    """Identity on a module's inputs whose backward (after all of the module's) releases its units."""
+
+    @staticmethod
+    def forward(ctx, release, *tensors):
+        ctx.release = release
+        return tuple(t.detach() for t in tensors)
+
+    @staticmethod
+    def backward(ctx, *grads):
+        ctx.release()
+        return (None, *grads)
+
+
+def _wrap_inputs(args: tuple, release) -> tuple | None:
+    """`args` with every floating tensor that requires grad routed through one `_ReleaseAfterBackward`."""
+    positions = [i for i, a in enumerate(args)
+                 if isinstance(a, torch.Tensor) and a.requires_grad and a.is_floating_point()]
+    if not positions:
+        return None
+    wrapped = _ReleaseAfterBackward.apply(release, *(args[i] for i in positions))
+    out = list(args)
+    for i, tensor in zip(positions, wrapped):
+        out[i] = tensor
+    return tuple(out)
 
 
 def _wrap_outputs(value, refetch):
@@ -90,11 +139,17 @@ class Stage3Coordinator:
         self.policy = policy
         self.schedule = FetchSchedule()
         self.in_backward = False
+        self.stats = FetchStats()
+        self._prefetched: set[ParamUnit] = set()
+        self._released_by_grads: set[ParamUnit] = set()
         self._stack: list[torch.nn.Module] = []
         self._hooked: set[int] = set()
         self._handles = []
         for unit in units:
             unit.coordinator = self
+            if not unit.persistent and unit.status is not ZeroParamStatus.NOT_AVAILABLE:
+                self.stats.live_numel += unit.numel
+        self.stats.peak_live_numel = self.stats.live_numel
         self.add_hooks(root)
         for module in module_units:
             self.add_hooks(module)
@@ -120,12 +175,31 @@ class Stage3Coordinator:
                 units.append(unit)
         return units
 
+    def release_by_gradients(self, units) -> None:
+        """`units` are released once their gradients are reduced; every other unit after its
+        module's backward."""
+        self._released_by_grads = set(units)
+
     def _pre_forward(self, module, args):
         if not self._stack and not self.in_backward and module is self.root:
             self._settle()
             self.schedule.begin()
         self._stack.append(module)
-        self.fetch(self.units_of(module))
+        units = self.units_of(module)
+        self.fetch(units)
+        if torch.is_grad_enabled() and any(self._frozen(u) for u in units):
+            return _wrap_inputs(args, lambda: self._release_frozen(module))
+        return None
+
+    def _frozen(self, unit: ParamUnit) -> bool:
+        """No gradient reduction will release this unit."""
+        return not unit.persistent and unit not in self._released_by_grads
+
+    def _release_frozen(self, module) -> None:
+        """The module's backward is done: units no gradient releases go now, not at the end."""
+        for unit in self.units_of(module):
+            if self._frozen(unit) and not unit.holds:
+                unit.release()
 
     def _post_forward(self, module, args, output):
         if self._stack and self._stack[-1] is module:
@@ -157,6 +231,7 @@ class Stage3Coordinator:
             if unit.persistent:
                 continue
             self.schedule.record(unit, phase)
+            self._unmark_prefetched(unit)
             unit.start_fetch()
             pending.append(unit)
         if pending:
@@ -179,27 +254,55 @@ class Stage3Coordinator:
             return
         distance = self.schedule.reuse_distance(unit, phase)
         if distance is not None and distance <= self.policy.max_reuse_distance \
-                and self._live_numel() <= self.policy.max_live_numel:
+                and self.stats.live_numel <= self.policy.max_live_numel:
             return
         unit.release()
-
-    def _live_numel(self) -> int:
-        return sum(u.numel for u in self.units if not u.persistent and u.status is not ZeroParamStatus.NOT_AVAILABLE)
 
     def _prefetch(self) -> None:
         upcoming = self.schedule.upcoming()
         if not upcoming or self.policy.prefetch_numel <= 0:
             return
-        in_flight = sum(u.numel for u in self.units if u.status is ZeroParamStatus.INFLIGHT)
-        live = self._live_numel()
+        stats = self.stats
         for unit in upcoming:
             if unit.persistent or unit.status is not ZeroParamStatus.NOT_AVAILABLE:
                 continue
-            if in_flight + unit.numel > self.policy.prefetch_numel or live + unit.numel > self.policy.max_live_numel:
+            if stats.prefetched_numel + unit.numel > self.policy.prefetch_numel \
+                    or stats.live_numel + unit.numel > self.policy.max_live_numel:
                 break
+            self._prefetched.add(unit)
+            stats.prefetched_numel += unit.numel
+            stats.peak_prefetched_numel = max(stats.peak_prefetched_numel, stats.prefetched_numel)
+            stats.prefetches += 1
             unit.start_fetch()
-            in_flight += unit.numel
-            live += unit.numel
+
+    def _unmark_prefetched(self, unit: ParamUnit) -> None:
+        if unit in self._prefetched:
+            self._prefetched.discard(unit)
+            self.stats.prefetched_numel -= unit.numel
+
+    # -- accounting ------------------------------------------------------------------------
+    def on_status(self, unit: ParamUnit, old: ZeroParamStatus, new: ZeroParamStatus) -> None:
+        """A unit changed status (called by the unit): keep live and peak counts."""
+        if unit.persistent:
+            return
+        stats = self.stats
+        was, now = old is not ZeroParamStatus.NOT_AVAILABLE, new is not ZeroParamStatus.NOT_AVAILABLE
+        if old is ZeroParamStatus.NOT_AVAILABLE and new is ZeroParamStatus.INFLIGHT:
+            stats.all_gathers += 1
+        if now and not was:
+            stats.live_numel += unit.numel
+            stats.peak_live_numel = max(stats.peak_live_numel, stats.live_numel)
+        elif was and not now:
+            stats.live_numel -= unit.numel
+            self._unmark_prefetched(unit)
+
+    def gathered_bytes(self) -> int:
+        """Bytes of full values non-persistent units hold right now (gathered or in flight)."""
+        return sum(u.full_bytes() for u in self.units if not u.persistent)
+
+    def reset_peaks(self) -> None:
+        self.stats.peak_live_numel = self.stats.live_numel
+        self.stats.peak_prefetched_numel = self.stats.prefetched_numel
 
     # -- step boundaries ----------------------------------------------------------------------
     def begin_backward(self) -> None:

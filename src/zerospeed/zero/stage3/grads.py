@@ -12,6 +12,13 @@ reduce-scatter is linear, so the sum is the same.
 
 The partition accumulates over micro-steps, as at stage 2; `ReducePlan` (shared with
 stages 0-2) sets accumulation and wire dtypes and the pre/post division.
+
+Partitions hold memory only between a unit's first reduction and the optimizer step, as
+torch's `zero_grad(set_to_none=True)` gradients do: `zero()` frees each partition's storage
+(resized to zero bytes, FSDP style, so the optimizer pieces' `.grad` views stay bound) and
+the first reduction of the next backward re-grows it and reduce-scatters straight into it.
+Forward therefore runs without 4 bytes/param/N of gradients alive, and backward's gradients
+grow as its activations are freed. `grad_view()` re-grows a freed partition as zeros.
 """
 
 from __future__ import annotations
@@ -36,8 +43,9 @@ MAX_REDUCTIONS_IN_FLIGHT = 3
 class UnitGrads:
     unit: ParamUnit
     trainable: list[int]  # member indices whose gradients are reduced
-    partition: torch.Tensor
+    partition: torch.Tensor  # its storage is freed between steps (see `allocated`)
     staging: torch.Tensor | None = None
+    allocated: bool = False  # the partition's storage holds this step's gradient (or zeros)
     ready: set[int] = field(default_factory=set)
     touched: bool = False  # a round is open (some gradient arrived and is not yet reduced)
 
@@ -54,7 +62,8 @@ class UnitGradReducer:
         self._hooks = []
         for unit in units:
             trainable = [i for i, p in enumerate(unit.params) if id(p) in trainable_ids]
-            partition = torch.zeros(unit.layout.shard_numel, dtype=plan.accum_dtype, device=unit.compute_device)
+            partition = torch.empty(unit.layout.shard_numel, dtype=plan.accum_dtype, device=unit.compute_device)
+            partition.untyped_storage().resize_(0)
             self.states.append(UnitGrads(unit, trainable, partition))
             for index in trainable:
                 param = unit.params[index]
@@ -108,7 +117,10 @@ class UnitGradReducer:
         state.touched = False
         if self.plan.predivide != 1.0:
             wire.div_(self.plan.predivide)
-        out = torch.empty(state.unit.layout.shard_numel, dtype=wire.dtype, device=wire.device)
+        if not state.allocated and wire.dtype == state.partition.dtype and wire.device == state.partition.device:
+            out = self._grow(state)  # first reduction this step: straight into the partition, no copy
+        else:
+            out = torch.empty(state.unit.layout.shard_numel, dtype=wire.dtype, device=wire.device)
         if self.plan.world_size == 1:
             out.copy_(wire)
             work = None
@@ -123,7 +135,20 @@ class UnitGradReducer:
             work.wait()
         if self.plan.postdivide != 1.0:
             out.div_(self.plan.postdivide)
-        state.partition.add_(out)
+        if out is state.partition:
+            return
+        if state.allocated:
+            state.partition.add_(out)
+        else:
+            self._grow(state).copy_(out)
+
+    @staticmethod
+    def _grow(state: UnitGrads) -> torch.Tensor:
+        """Give a freed partition its storage back (contents undefined until written)."""
+        partition = state.partition
+        partition.untyped_storage().resize_(partition.numel() * partition.element_size())
+        state.allocated = True
+        return partition
 
     def end_backward(self) -> None:
         """Flush units still open (in unit order), wait for every reduction, add into partitions."""
@@ -141,11 +166,16 @@ class UnitGradReducer:
 
     # -- what the optimizer reads -------------------------------------------------------------
     def grad_view(self, index: int) -> torch.Tensor:
-        return self.states[index].partition
+        state = self.states[index]
+        if not state.allocated:
+            self._grow(state).zero_()
+        return state.partition
 
     def zero(self) -> None:
+        """Drop every gradient: partitions give their memory back until the next reduction."""
         for state in self.states:
-            state.partition.zero_()
+            state.partition.untyped_storage().resize_(0)
+            state.allocated = False
             state.staging = None
 
     def remove_hooks(self) -> None:
@@ -156,9 +186,9 @@ class UnitGradReducer:
     def memory_bytes(self) -> int:
         total = 0
         for state in self.states:
-            for tensor in (state.partition, state.staging):
-                if tensor is not None:
-                    total += tensor.numel() * tensor.element_size()
+            total += state.partition.untyped_storage().nbytes()
+            if state.staging is not None:
+                total += state.staging.numel() * state.staging.element_size()
         return total
 
 

@@ -77,6 +77,7 @@ class Stage3Optimizer(ZeroOptimizer):
     def __init__(self, inner, masters: list[UnitMaster], reducer: UnitGradReducer, loss_scaler, clip_norm: float,
                  coordinator: Stage3Coordinator, units: list[ParamUnit], tier=None, param_tier=None) -> None:
         super().__init__(inner, masters, reducer, 3, loss_scaler, clip_norm, tier=tier)
+        reducer.zero()  # binding the masters' grads grew the partitions; they hold no memory until backward
         self.coordinator = coordinator
         self.units = units
         self.param_tier = param_tier

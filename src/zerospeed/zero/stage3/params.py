@@ -99,8 +99,8 @@ class ParamUnit:
         self.persistent = persistent
         self.group = group
         self.status = ZeroParamStatus.NOT_AVAILABLE
-        self.holds = 0  # GatheredParameters contexts keeping it gathered
         self.coordinator = None  # set when a stage-3 coordinator drives this unit
+        self.holds = 0  # GatheredParameters contexts keeping it gathered
         self.on_shard_written: Callable[[], None] | None = None  # masters refresh from the shard
         self._pending = None
         self._full: torch.Tensor | None = None
@@ -203,9 +203,11 @@ class ParamUnit:
         self._set_status(ZeroParamStatus.NOT_AVAILABLE)
 
     def _set_status(self, status: ZeroParamStatus) -> None:
-        self.status = status
+        old, self.status = self.status, status
         for param in self.params:
             param.ds_status = status
+        if self.coordinator is not None and old is not status:
+            self.coordinator.on_status(self, old, status)
 
     def full_bytes(self) -> int:
         if self.status is ZeroParamStatus.NOT_AVAILABLE:
