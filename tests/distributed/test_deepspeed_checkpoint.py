@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 
 import pytest
 import torch
@@ -86,6 +87,50 @@ def _load_and_train(cases: list[tuple[str, int]]) -> dict:
     return out
 
 
+def _build(stage: int, bf16: bool = False, optimizer: dict | None = None):
+    import zerospeed
+    from zerospeed import comm
+
+    config = fixture.config(stage, bf16, comm.get_world_size())
+    if optimizer is not None:
+        config.update(optimizer=optimizer, zero_allow_untested_optimizer=True)
+    model = fixture.make_model(seed=7)
+    engine, *_ = zerospeed.initialize(model=model, model_parameters=fixture.param_groups(model), config=config)
+    return engine
+
+
+def _options_and_refusals(refused_dirs: dict[str, str]) -> dict:
+    """DeepSpeed's load flags, and refusals that every rank raises before changing anything."""
+    from zerospeed.errors import CheckpointError
+
+    out = {}
+    engine = _build(2, bf16=True)
+    _, client = engine.load_checkpoint(os.path.join(FIXTURES, "s2_bf16"), load_module_only=True)
+    out["module_only"] = dict(_rank_state(engine), client_keys=sorted(client), scheduler=engine.lr_scheduler.state_dict())
+    engine = _build(1)
+    fresh_scheduler = engine.lr_scheduler.state_dict()
+    _, client = engine.load_checkpoint(os.path.join(FIXTURES, "s3_fp32"), load_optimizer_states=False,
+                                       load_lr_scheduler_states=False)
+    out["weights_only"] = dict(_rank_state(engine), client_keys=sorted(client), fresh_scheduler=fresh_scheduler,
+                               scheduler=engine.lr_scheduler.state_dict())
+    engine = _build(2, optimizer={"type": "SGD", "params": {"lr": 0.1, "momentum": 0.9}})
+    refusals = {}
+    for label, directory in [("sgd", os.path.join(FIXTURES, "s1_fp32")), *refused_dirs.items()]:
+        before = _rank_state(engine)
+        try:
+            engine.load_checkpoint(directory)
+            refusals[label] = None
+        except CheckpointError as error:
+            refusals[label] = str(error)
+        after = _rank_state(engine)
+        unchanged = all(torch.equal(before["module"][k], after["module"][k]) for k in before["module"])
+        refusals[label] = (refusals[label], unchanged and before["counters"] == after["counters"])
+    engine.load_checkpoint(os.path.join(FIXTURES, "s1_fp32"), load_optimizer_states=False)
+    out["sgd_weights"] = _rank_state(engine)
+    out["refusals"] = refusals
+    return out
+
+
 @pytest.fixture(scope="module")
 def two_ranks():
     return run_distributed(_load_and_train, 2, TWO_RANKS, timeout=300)
@@ -155,3 +200,63 @@ def test_deepspeed_checkpoint_on_two_ranks_at_another_stage(two_ranks, case):
 @pytest.mark.parametrize("case", ONE_RANK, ids=[f"{n}-to-1rank-stage{s}" for n, s in ONE_RANK])
 def test_deepspeed_checkpoint_on_one_rank(one_rank, case):
     _check(case[0], [rank[case] for rank in one_rank])
+
+
+@pytest.fixture(scope="module")
+def options_and_refusals(tmp_path_factory):
+    root = tmp_path_factory.mktemp("refused")
+    refused = {}
+    for label, extra in [("model_parallel", "mp_rank_01_model_states.pt"), ("moe", "expp_rank_0_mp_rank_00_optim_states.pt")]:
+        target = root / label
+        shutil.copytree(os.path.join(FIXTURES, "s1_fp32"), target)
+        shutil.copy(target / "global_step3" / "mp_rank_00_model_states.pt", target / "global_step3" / extra)
+        refused[label] = str(target)
+    return run_distributed(_options_and_refusals, 2, refused, timeout=300)
+
+
+def test_load_module_only(options_and_refusals):
+    tensors, _ = _expected("s2_bf16")
+    for rank in options_and_refusals:
+        state = rank["module_only"]
+        for key, value in state["module"].items():
+            assert torch.equal(value, tensors[f"module.{key}"].to(value.dtype)), key
+        for name, _, start, end, master, optimizer_state in state["pieces"]:
+            module_value = tensors[f"module.{TIED.get(name, name)}"].reshape(-1)[start:end]
+            assert torch.equal(master, module_value.float()) and not optimizer_state, name  # masters from the module
+        assert state["counters"]["global_steps"] == 0 and state["scheduler"] != {"last_batch_iteration": 2}
+        # DeepSpeed consumes only 'module' (and the flags' lr_scheduler/optimizer) in this mode
+        assert {"global_steps", "param_shapes", "ds_config", "epoch"} <= set(state["client_keys"])
+        assert not {"module", "lr_scheduler", "optimizer"} & set(state["client_keys"])
+
+
+def test_load_without_optimizer_and_scheduler_states(options_and_refusals):
+    tensors, facts = _expected("s3_fp32")
+    full = {TIED.get(p, p): e for p, e in _assemble([r["weights_only"] for r in options_and_refusals]).items()}
+    for name, entry in full.items():
+        assert torch.equal(entry["fp32"].view(tensors[f"fp32.{name}"].shape), tensors[f"fp32.{name}"]), name
+        assert set(entry) == {"fp32"}, f"{name}: optimizer state was loaded"
+    for rank in options_and_refusals:
+        state = rank["weights_only"]
+        assert state["counters"]["global_steps"] == 3
+        assert state["scheduler"] == state["fresh_scheduler"] != {"last_batch_iteration": 2}
+        assert {"lr_scheduler", "optimizer", "epoch"} <= set(state["client_keys"])
+
+
+@pytest.mark.parametrize("label, message", [
+    ("sgd", "zero_pp_rank_0_mp_rank_00_optim_states.pt holds Adam state, this engine's optimizer is SGD"),
+    ("model_parallel", "mp_rank_01_model_states.pt (tensor/model-parallel rank 1)"),
+    ("moe", "expp_rank_0_mp_rank_00_optim_states.pt (mixture-of-experts expert files)"),
+])
+def test_refusals_reach_every_rank_before_any_change(options_and_refusals, label, message):
+    for rank in options_and_refusals:
+        error, unchanged = rank["refusals"][label]
+        assert error is not None and message in error, error
+        assert unchanged, f"{label}: the engine changed before the error"
+
+
+def test_sgd_engine_loads_the_weights_alone(options_and_refusals):
+    tensors, _ = _expected("s1_fp32")
+    full = {TIED.get(p, p): e for p, e in _assemble([r["sgd_weights"] for r in options_and_refusals]).items()}
+    for name, entry in full.items():
+        assert torch.equal(entry["fp32"].view(tensors[f"fp32.{name}"].shape), tensors[f"fp32.{name}"]), name
+        assert "exp_avg" not in entry

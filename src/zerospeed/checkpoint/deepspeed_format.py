@@ -59,6 +59,10 @@ class Source:
     state: dict[str, Any]
     file: str
 
+    def __post_init__(self) -> None:  # DeepSpeed saves its fp32 partitions with requires_grad=True
+        self.fp32 = self.fp32.detach()
+        self.state = {k: v.detach() if isinstance(v, torch.Tensor) else v for k, v in self.state.items()}
+
 
 @dataclass(frozen=True)
 class Fragment:
@@ -348,9 +352,12 @@ def _read_stage0(ckpt: DeepSpeedCheckpoint, trainable: list[list[tuple[str, tupl
         states = _indexed_states(torch_state, len(names), where)
         for position, ((index, name, shape), (state, group)) in enumerate(zip(names, states)):
             master = masters[position] if masters is not None else module.get(name)
-            if master is None or tuple(master.shape) != tuple(shape):
-                found = None if master is None else tuple(master.shape)
-                raise CheckpointError(f"{where}: tensor {position} (param group {index}) has shape {found}, the "
+            shapes = {tuple(v.shape) for v in state.values() if isinstance(v, torch.Tensor) and v.dim() > 0}
+            if master is not None:
+                shapes.add(tuple(master.shape))
+            if master is None or shapes != {tuple(shape)}:
+                found = None if master is None else sorted(shapes)
+                raise CheckpointError(f"{where}: tensor {position} (param group {index}) has shape(s) {found}, the "
                                       f"parameter in that place here, {name}, has {tuple(shape)}: the param groups "
                                       "differ from the ones the checkpoint was saved with")
             ckpt.sources.append(Source(master.detach().reshape(-1).float(), _normalized_state(state, group), where))

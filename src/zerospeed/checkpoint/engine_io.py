@@ -8,7 +8,7 @@ import os
 import torch
 
 from zerospeed import comm
-from zerospeed.checkpoint import deepspeed_format, deepspeed_load, loader, saver
+from zerospeed.checkpoint import loader, saver
 from zerospeed.checkpoint.files import write_safetensors
 from zerospeed.checkpoint.state import gathered_module, rank0_module_tensors
 from zerospeed.utils.logging import log_dist
@@ -39,6 +39,8 @@ def load_checkpoint(engine, load_dir, tag=None, load_module_strict=True, load_op
     Reads zerospeed's format, and DeepSpeed's (`latest` + `<tag>/mp_rank_00_model_states.pt`, ZeRO
     optimizer files) when the tag directory has no zerospeed manifest: see docs/deepspeed-checkpoints.md.
     """
+    from zerospeed.checkpoint import deepspeed_format, deepspeed_load
+
     options = loader.Options(load_module_strict, load_optimizer_states, load_lr_scheduler_states,
                              load_module_only, custom_load_fn)
     deepspeed_tag_dir = deepspeed_format.find_checkpoint(os.fspath(load_dir), tag)

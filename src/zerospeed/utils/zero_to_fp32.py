@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import torch
 
+from zerospeed.checkpoint import deepspeed_format
 from zerospeed.checkpoint.consolidate import export, iter_consolidated
 
 
@@ -19,8 +20,11 @@ def get_fp32_state_dict_from_zero_checkpoint(checkpoint_dir, tag=None, exclude_f
     """Full fp32 state dict (parameters and buffers) of the checkpoint in `checkpoint_dir`.
 
     `lazy_mode` is accepted for DeepSpeed compatibility; tensors are always real (use
-    `zerospeed.checkpoint.consolidate.iter_consolidated` to stream them instead).
+    `zerospeed.checkpoint.consolidate.iter_consolidated` to stream them instead). A directory
+    DeepSpeed wrote (no zerospeed manifest in the tag) is read by `checkpoint.deepspeed_format`.
     """
+    if deepspeed_format.find_checkpoint(checkpoint_dir, tag) is not None:
+        return deepspeed_format.fp32_state_dict(checkpoint_dir, tag, exclude_frozen_parameters)
     return dict(iter_consolidated(checkpoint_dir, tag, exclude_frozen_parameters))
 
 
