@@ -70,8 +70,21 @@ def safe_get_full_grad(param: torch.nn.Parameter) -> torch.Tensor | None:
     optimizer, _ = _owner(param)
     scale = optimizer.loss_scaler.cur_scale
     with _in_memory(optimizer):
-        full = _assemble(optimizer, param, lambda piece: piece.grad if piece.grad is not None else piece.tensor.grad)
+        full = _assemble(optimizer, param, _grad_picker(optimizer, param))
     return None if full is None else full / scale
+
+
+def _grad_picker(optimizer, param):
+    """How to read a piece's reduced gradient. At stage 3 it is the reducer's partition: an
+    offloaded master's `.grad` receives it only inside step(), so before that it is stale."""
+    if getattr(param, "_zs_unit", None) is not None and hasattr(optimizer, "coordinator"):
+        slot = _local_slot(param)
+        if slot is not None:
+            _, master, index, master_index = slot
+            offset, _, real = _chunk_bounds(master, index)
+            reduced = optimizer.reducer.grad_view(master_index)[offset : offset + real]
+            return lambda piece: reduced
+    return lambda piece: piece.grad if piece.grad is not None else piece.tensor.grad
 
 
 def safe_get_full_optimizer_state(param: torch.nn.Parameter, optim_state_key: str) -> torch.Tensor | None:

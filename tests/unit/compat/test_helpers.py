@@ -155,3 +155,15 @@ def test_engine_sets_the_groups_mpu():
     assert groups._get_data_parallel_world_size() == 1 and groups._get_data_parallel_rank() == 0
     assert groups._get_data_parallel_group_ranks() == [0]
     assert groups.get_data_parallel_group() is engine.data_parallel_group
+
+
+def test_local_helpers_are_for_stage3_parameters_only():
+    from zerospeed.errors import EngineError
+    from zerospeed.utils import safe_get_local_fp32_param, safe_set_local_grad
+
+    engine = _engine(stage=2)
+    weight = engine.module[0].weight
+    with pytest.raises(EngineError, match="stage 3"):
+        safe_get_local_fp32_param(weight)
+    with pytest.raises(EngineError, match="safe_get_full"):
+        safe_set_local_grad(weight, torch.zeros(weight.numel()))
