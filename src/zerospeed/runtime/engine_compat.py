@@ -205,6 +205,10 @@ class EngineCompat:
     def get_sequence_parallel_group(self):
         return None  # no sequence parallelism: DeepSpeed's engine holds None then too
 
+    def get_additional_losses(self) -> dict | None:
+        """Extra named losses a DeepSpeed pipeline aggregates (MoE auxiliary losses); none here."""
+        return None
+
     # -- batch sizes and data ----------------------------------------------------------------------
     def get_batch_info(self) -> tuple[int, int, int]:
         """(train_batch_size, train_micro_batch_size_per_gpu, gradient_accumulation_steps)."""

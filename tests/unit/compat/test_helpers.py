@@ -107,7 +107,7 @@ def test_engine_surface_queries():
     assert engine.communication_data_type == torch.float32
     assert engine.mp_world_size == 1 and engine.seq_dp_world_size == 1
     assert engine.get_data_parallel_rank() == 0 and engine.get_model_parallel_rank() == 0
-    assert engine.data_parallel_group is not None
+    assert engine.data_parallel_group is not None and engine.get_additional_losses() is None
     engine.set_train_micro_batch_size(4)
     assert engine.get_batch_info() == (8, 4, 2)
     with pytest.raises(ValueError, match="ZeRO-3"):
