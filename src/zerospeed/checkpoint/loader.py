@@ -189,20 +189,38 @@ def _filled_by_masters(engine, plan: Plan) -> set[int]:
     return {id(named[load.piece.name]) for load in plan.pieces if load.piece.name in named}
 
 
+def _rewritten_by_masters(engine, plan: Plan) -> set[str]:
+    """Stages 0-2: state-dict names of the parameters that the master pieces about to be loaded
+    rewrite whole (`sync_working_from_master` writes back and all-gathers every parameter of
+    every bucket), so the module load need not read them."""
+    saved = plan.manifest.get("parameters", {})
+    rewritten: set[int] = set()
+    for master in getattr(engine.optimizer, "masters", ()):
+        bucket = getattr(master, "bucket", None)
+        for name, param in zip(getattr(bucket, "names", ()), getattr(bucket, "params", ())):
+            if name in saved:
+                rewritten.add(id(param))
+    return {name for name, param in engine.module.named_parameters(remove_duplicate=False) if id(param) in rewritten}
+
+
 def _load_module(engine, plan: Plan, options: Options) -> None:
     source = ModuleSource(plan.manifest, plan.files)
+    restoring = not options.module_only and engine.optimizer is not None and options.custom_load_fn is None
     if is_partitioned(engine.module) and options.custom_load_fn is None:
-        filled = set() if options.module_only or engine.optimizer is None else _filled_by_masters(engine, plan)
-        load_partitioned(engine.module, source, filled)
+        load_partitioned(engine.module, source, _filled_by_masters(engine, plan) if restoring else set())
         return
-    state = {name: source.full(name) for name in source.names()}
-    with gathered_module(engine.module, modify=True):
-        if options.custom_load_fn is not None:
+    if options.custom_load_fn is not None:  # whole tensors the function may keep: copies
+        state = {name: source.full(name) for name in source.names()}
+        with gathered_module(engine.module, modify=True):
             options.custom_load_fn(src=state, dst=engine.module)
-        else:
-            excluded = set(plan.manifest.get("excluded_frozen_parameters", []))
-            strict = options.strict and not excluded
-            engine.module.load_state_dict(state, strict=strict)
+        return
+    skipped = _rewritten_by_masters(engine, plan) if restoring else set()
+    # Views of the mapped module file where the tensors are there: load_state_dict copies each once.
+    state = {name: source.tensor(name) for name in source.names() if name not in skipped}
+    excluded = set(plan.manifest.get("excluded_frozen_parameters", []))
+    strict = options.strict and not excluded and not skipped  # names were checked in the plan phase
+    with gathered_module(engine.module, modify=True):
+        engine.module.load_state_dict(state, strict=strict)
 
 
 def _scalar_device(optimizer, tensor: torch.Tensor) -> torch.device:

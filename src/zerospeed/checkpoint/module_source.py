@@ -114,6 +114,13 @@ class ModuleSource:
             out[copy.target_offset : copy.target_offset + copy.length].copy_(part(copy))
         return out
 
+    def tensor(self, name: str) -> torch.Tensor:
+        """Tensor `name`, whole, in the dtype the module had: a view of the module file when it is
+        there (valid while referenced; writes change only this process's copy), else rebuilt."""
+        if self.master_name(name) is None:
+            return self.files.model().tensor(self.stored_name(name))
+        return self.full(name)
+
     def full(self, name: str, dtype: torch.dtype | None = None) -> torch.Tensor:
         """Tensor `name`, whole, as a new tensor in `dtype` (default: the dtype the module had)."""
         shape = self.shape(name)
