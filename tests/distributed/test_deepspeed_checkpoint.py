@@ -31,6 +31,7 @@ ONE_RANK = [("s1_fp32", 0), ("s2_bf16", 3), ("s3_fp32", 2)]
 # follows the plain module. Every other fixture matches DeepSpeed's losses within 1e-5.
 STAGE3_BF16_LOSS_TOLERANCE = 1e-2
 TIED = {"head.weight": "embed.weight"}
+COUNTERS = ("global_steps", "global_samples", "skipped_steps", "micro_steps")
 
 
 def _expected(name: str) -> tuple[dict, dict]:
@@ -50,7 +51,7 @@ def _rank_state(engine) -> dict:
         module = {n: v.detach().clone() for n, v in engine.module.state_dict().items()}
     return {"pieces": pieces, "module": module, "lr": engine.get_lr(),
             "tied": engine.module.head.weight is engine.module.embed.weight,
-            "counters": {k: getattr(engine, k) for k in ("global_steps", "global_samples", "skipped_steps", "micro_steps")}}
+            "counters": {k: getattr(engine, k) for k in COUNTERS}}
 
 
 def _train(engine, first: int, steps: int) -> list[float]:
@@ -106,7 +107,8 @@ def _options_and_refusals(refused_dirs: dict[str, str]) -> dict:
     out = {}
     engine = _build(2, bf16=True)
     _, client = engine.load_checkpoint(os.path.join(FIXTURES, "s2_bf16"), load_module_only=True)
-    out["module_only"] = dict(_rank_state(engine), client_keys=sorted(client), scheduler=engine.lr_scheduler.state_dict())
+    out["module_only"] = dict(_rank_state(engine), client_keys=sorted(client),
+                              scheduler=engine.lr_scheduler.state_dict())
     engine = _build(1)
     fresh_scheduler = engine.lr_scheduler.state_dict()
     _, client = engine.load_checkpoint(os.path.join(FIXTURES, "s3_fp32"), load_optimizer_states=False,
@@ -206,7 +208,8 @@ def test_deepspeed_checkpoint_on_one_rank(one_rank, case):
 def options_and_refusals(tmp_path_factory):
     root = tmp_path_factory.mktemp("refused")
     refused = {}
-    for label, extra in [("model_parallel", "mp_rank_01_model_states.pt"), ("moe", "expp_rank_0_mp_rank_00_optim_states.pt")]:
+    for label, extra in [("model_parallel", "mp_rank_01_model_states.pt"),
+                         ("moe", "expp_rank_0_mp_rank_00_optim_states.pt")]:
         target = root / label
         shutil.copytree(os.path.join(FIXTURES, "s1_fp32"), target)
         shutil.copy(target / "global_step3" / "mp_rank_00_model_states.pt", target / "global_step3" / extra)

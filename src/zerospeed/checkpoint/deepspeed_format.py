@@ -276,8 +276,8 @@ def _read_zero12(ckpt: DeepSpeedCheckpoint, optim_states: list[dict]) -> None:
                 raise CheckpointError(f"{path}: param group {index} partition holds {fp32.numel()} elements, the "
                                       f"layout of {world} ranks gives {expected}: an unknown DeepSpeed layout")
             group_state, group = group_states[index]
-            ckpt.sources.append(Source(fp32, _normalized_state(group_state, group, state.get(BASE_OPTIMIZER_STATE_STEP)),
-                                       path))
+            step = state.get(BASE_OPTIMIZER_STATE_STEP)
+            ckpt.sources.append(Source(fp32, _normalized_state(group_state, group, step), path))
             first = rank * partition
             _add_flat_group(ckpt, shapes, paddings, len(ckpt.sources) - 1, first, first + fp32.numel())
     for index, shapes in enumerate(groups):
@@ -289,7 +289,7 @@ def _read_zero12(ckpt: DeepSpeedCheckpoint, optim_states: list[dict]) -> None:
 
 
 def _read_zero3(ckpt: DeepSpeedCheckpoint, optim_states: list[dict]) -> None:
-    """Stage 3: every parameter cut into `world` parts of ceil(numel / world); a rank's parts back to back per sub-group."""
+    """Stage 3: each parameter cut in `world` parts of ceil(numel / world); per sub-group, a rank's parts in a row."""
     groups = _shape_lists(ckpt.model_state.get("param_shapes"), ckpt.model_file)
     world = ckpt.world_size
     group_index: dict[int, int] = {}

@@ -146,7 +146,8 @@ def _check_optimizer_state(ckpt: DeepSpeedCheckpoint, optimizer, where: str) -> 
                                   f"{type(inner).__name__}; pass load_optimizer_states=False to load the weights alone")
     if ckpt.param_groups is not None and len(ckpt.param_groups) != len(optimizer.param_groups):
         raise CheckpointError(f"{where}: the checkpoint's optimizer has {len(ckpt.param_groups)} param groups, this "
-                              f"one {len(optimizer.param_groups)}; pass load_optimizer_states=False to load weights only")
+                              f"one {len(optimizer.param_groups)}; pass load_optimizer_states=False to load the "
+                              "weights alone")
 
 
 def _plan_pieces(ckpt: DeepSpeedCheckpoint, optimizer, aliases: dict[str, list[str]], options: Options,
@@ -319,7 +320,8 @@ def load(engine, tag_dir: str, options: Options) -> tuple[str, dict]:
         error = str(caught)
     except (OSError, ValueError, KeyError, IndexError, TypeError, AttributeError, RuntimeError,
             pickle.UnpicklingError) as caught:
-        error = f"load_checkpoint({tag_dir}): reading the DeepSpeed checkpoint failed: {type(caught).__name__}: {caught}"
+        error = (f"load_checkpoint({tag_dir}): reading the DeepSpeed checkpoint failed: "
+                 f"{type(caught).__name__}: {caught}")
     loader.agree(error)
     client_state = apply_plan(engine, plan, options)
     ckpt = plan.checkpoint

@@ -71,7 +71,8 @@ def test_every_fixture_file_unpickles_without_deepspeed(no_deepspeed, name):
 
 
 def test_stand_ins_keep_what_the_pickle_held(no_deepspeed):
-    state = foreign_pickle.load_checkpoint_file(os.path.join(_tag_dir("s1_fp32"), "zero_pp_rank_1_mp_rank_00_optim_states.pt"))
+    path = os.path.join(_tag_dir("s1_fp32"), "zero_pp_rank_1_mp_rank_00_optim_states.pt")
+    state = foreign_pickle.load_checkpoint_file(path)
     optimizer = state["optimizer_state_dict"]
     stage = optimizer["zero_stage"]  # ZeroStageEnum.optimizer_states, pickled as ZeroStageEnum(1)
     assert isinstance(stage, foreign_pickle.ForeignObject)
@@ -161,6 +162,94 @@ def test_fp32_state_dict_is_deepspeeds_zero_to_fp32(no_deepspeed, name):
     assert ("frozen.weight" in excluded) == (facts["stage"] == 0)  # stage 0 records no frozen names
 
 
+# -- layouts the fixtures do not cover: rewritten from them the way DeepSpeed writes them -----------
+def _rewrite(path: str, change) -> None:
+    state = foreign_pickle.load_checkpoint_file(path)
+    change(state)
+    torch.save(state, path + ".new")  # not in place: the loaded tensors map the old file
+    os.replace(path + ".new", path)
+
+
+def _check_against_expected(ckpt, tensors: dict, keys=("exp_avg", "exp_avg_sq")) -> None:
+    for param, shape in ckpt.shapes.items():
+        for key in ("master", *keys):
+            full = torch.full((shape.numel(),), float("nan"))
+            for index in ckpt.by_name[param]:
+                fragment = ckpt.fragments[index]
+                full[fragment.start : fragment.end] = ckpt.fragment_values(index, key)
+            expected = tensors[f"{'fp32' if key == 'master' else key}.{param}"]
+            assert torch.equal(full.view(shape), expected), f"{param} {key}"
+
+
+def test_stage0_fused_fp16_optimizer_layout(copy_of):
+    """FP16_Optimizer with a fused optimizer: one flat fp32 tensor and one state per param group."""
+    root = copy_of("s0_bf16")
+
+    def fuse(state):
+        wrapper = state["optimizer"]
+        torch_state = wrapper["optimizer_state_dict"]
+        groups, new_state = wrapper.pop("fp32_groups"), {}
+        for index, (masters, group) in enumerate(zip(groups, torch_state["param_groups"])):
+            states = [torch_state["state"][i] for i in group["params"]]
+            new_state[index] = {"step": states[0]["step"],
+                                **{k: torch.cat([s[k].reshape(-1) for s in states]) for k in ("exp_avg", "exp_avg_sq")}}
+            group["params"] = [index]
+        wrapper["fp32_groups_flat"] = [torch.cat([m.reshape(-1) for m in masters]) for masters in groups]
+        torch_state["state"] = new_state
+
+    _rewrite(os.path.join(root, "global_step3", "mp_rank_00_model_states.pt"), fuse)
+    tensors, facts = _expected("s0_bf16")
+    shapes = {key.partition(".")[2]: tuple(value.shape) for key, value in tensors.items() if key.startswith("fp32.")}
+    groups = [["embed.weight", "up.weight", "down.weight"], ["up.bias", "down.bias", "norm.weight", "norm.bias"]]
+    ckpt = deepspeed_format.read_checkpoint(os.path.join(root, "global_step3"),
+                                            [[(n, shapes[n]) for n in g] for g in groups])
+    assert len(ckpt.sources) == 2
+    _check_against_expected(ckpt, tensors)
+
+
+def test_stage1_elastic_checkpoint_layout(copy_of):
+    """`elastic_checkpoint: true`: per-group states without padding, `step` beside them."""
+    root = copy_of("s1_bf16")
+    tag_dir = os.path.join(root, "global_step3")
+
+    def make_elastic(state):
+        optimizer = state["optimizer_state_dict"]
+        base = optimizer["base_optimizer_state"]
+        lean = []
+        for group, padding in zip(base["param_groups"], optimizer["group_paddings"]):
+            saved = dict(base["state"][group["params"][0]])
+            optimizer["base_optimizer_state_step"] = saved.pop("step")
+            lean.append({k: v[: v.numel() - padding] for k, v in saved.items()})
+        optimizer["base_optimizer_state"] = lean
+
+    for rank in (0, 1):
+        _rewrite(os.path.join(tag_dir, f"bf16_zero_pp_rank_{rank}_mp_rank_00_optim_states.pt"), make_elastic)
+    tensors, facts = _expected("s1_bf16")
+    ckpt = deepspeed_format.read_checkpoint(tag_dir)
+    _check_against_expected(ckpt, tensors)
+    assert all(float(source.state["step"]) == facts["adam_step"] for source in ckpt.sources)
+    assert ckpt.param_groups is None  # an elastic checkpoint keeps no hyperparameters
+
+
+def test_dynamic_fp16_loss_scale_is_carried_over():
+    from types import SimpleNamespace
+
+    from zerospeed.checkpoint.deepspeed_load import _load_loss_scale
+    from zerospeed.runtime.precision import LossScaler
+
+    scaler = foreign_pickle.stand_in("deepspeed.runtime.fp16.loss_scaler", "DynamicLossScaler")()
+    scaler.__setstate__({"cur_scale": 1024.0, "cur_iter": 57, "last_overflow_iter": 40, "cur_hysteresis": 1,
+                         "scale_window": 1000, "dynamic": True})
+    saved = deepspeed_format._scaler_state(scaler)
+    ours = SimpleNamespace(loss_scaler=LossScaler(cur_scale=65536.0, dynamic=True))
+    _load_loss_scale(ours, saved)
+    assert ours.loss_scaler.state_dict() == {"cur_scale": 1024.0, "cur_iter": 57, "last_overflow_iter": 40,
+                                             "cur_hysteresis": 1}
+    static = SimpleNamespace(loss_scaler=LossScaler(cur_scale=1.0))
+    _load_loss_scale(static, saved)  # a static (bf16/fp32) engine keeps its scale
+    assert static.loss_scaler.cur_scale == 1.0
+
+
 # -- what is refused ---------------------------------------------------------------------------
 @pytest.mark.parametrize("extra, what", [
     ("mp_rank_01_model_states.pt", "tensor/model-parallel rank 1"),
@@ -195,11 +284,12 @@ def test_missing_rank_file_is_named(copy_of):
 def test_unknown_partition_layout_is_refused(copy_of):
     root = copy_of("s1_fp32")
     path = os.path.join(root, "global_step3", "zero_pp_rank_1_mp_rank_00_optim_states.pt")
-    state = foreign_pickle.load_checkpoint_file(path)
-    partitions = state["optimizer_state_dict"]["single_partition_of_fp32_groups"]
-    partitions[0] = torch.cat([partitions[0], torch.zeros(4)])
-    torch.save(state, path + ".new")  # not in place: the loaded tensors map the old file
-    os.replace(path + ".new", path)
+
+    def grow(state):
+        partitions = state["optimizer_state_dict"]["single_partition_of_fp32_groups"]
+        partitions[0] = torch.cat([partitions[0], torch.zeros(4)])
+
+    _rewrite(path, grow)
     with pytest.raises(CheckpointError, match="an unknown DeepSpeed layout") as caught:
         deepspeed_format.read_checkpoint(os.path.join(root, "global_step3"))
     assert path in str(caught.value)
