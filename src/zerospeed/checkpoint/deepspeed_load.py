@@ -166,7 +166,7 @@ def _plan_pieces(ckpt: DeepSpeedCheckpoint, optimizer, aliases: dict[str, list[s
         if options.optimizer_states and ckpt.group_of.get(name, group) != group:
             raise CheckpointError(f"{where}: parameter {name} is in param group {ckpt.group_of[name]} "
                                   f"in the checkpoint, group {group} here; pass load_optimizer_states=False to load "
-                                  "weights only")
+                                  "the weights alone")
         copies = plan_copies(ckpt.saved_pieces(name), piece.start, piece.end)
         gaps = missing_ranges(copies, piece.start, piece.end)
         if gaps:
@@ -231,11 +231,12 @@ def make_plan(engine, tag_dir: str, options: Options, trainable) -> Plan:
 
 # -- apply ---------------------------------------------------------------------------------
 def _fill(ckpt: DeepSpeedCheckpoint, load: PieceLoad, key: str, target: torch.Tensor | None) -> torch.Tensor:
-    """The piece's range of fp32 values (`master`) or elementwise state `key`, into `target` (else a new tensor)."""
+    """The piece's range of fp32 values (`master`) or elementwise state `key`, into `target` (else a new
+    tensor like the master: states saved in bf16, as DeepSpeed's CPU Adam can, become fp32 like ours)."""
+    if target is None:
+        target = torch.empty_like(load.piece.tensor)
     for copy in load.copies:
         values = ckpt.fragment_values(copy.source.index, key)[copy.source_offset : copy.source_offset + copy.length]
-        if target is None:
-            target = torch.empty(load.piece.end - load.piece.start, dtype=values.dtype, device=load.piece.tensor.device)
         target[copy.target_offset : copy.target_offset + copy.length].copy_(values)
     return target
 
