@@ -219,7 +219,6 @@ class Engine(EngineCompat, torch.nn.Module):
         if boundary:
             self._check_no_new_parameters()
             self._step_applied = self.optimizer.step()
-            self.optimizer.overflow = not self._step_applied  # DeepSpeed's flag; Accelerate's step_was_skipped reads it
             if not self._step_applied:
                 self.skipped_steps += 1
                 log_dist(f"step {self.global_steps}: gradients overflowed, step skipped, loss scale now {self.loss_scaler.cur_scale:g}")

@@ -118,6 +118,9 @@ class ZeroOptimizer:
         self.loss_scaler = loss_scaler
         self.clip_norm = clip_norm
         self.global_grad_norm: float | None = None
+        # DeepSpeed's flag, read before the first step too (Accelerate's step_was_skipped):
+        # whether the last boundary step found an overflow and was skipped
+        self.overflow = False
         self.tier = tier if tier is not None else ResidentTier(masters)
         self.tier.attach(inner)
         self._master_index = {id(m): i for i, m in enumerate(self.masters)}
@@ -192,6 +195,7 @@ class ZeroOptimizer:
         scale = self.loss_scaler.cur_scale
         sumsq = float(self._global_grad_sumsq())
         overflow = not math.isfinite(sumsq)
+        self.overflow = overflow
         if overflow:
             self.global_grad_norm = None
             self.loss_scaler.update_scale(True)

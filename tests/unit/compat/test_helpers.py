@@ -114,15 +114,22 @@ def test_engine_surface_queries():
         engine._zero3_consolidated_16bit_state_dict()
 
 
-def test_engine_reports_overflow_on_its_optimizer():
-    engine = _engine(stage=1, fp16={"enabled": True, "initial_scale_power": 4}, gradient_accumulation_steps=1)
+@pytest.mark.parametrize("stage", [0, 1, 2, 3])
+def test_engine_reports_overflow_on_its_optimizer(stage):
+    engine = _engine(stage=stage, fp16={"enabled": True, "initial_scale_power": 4, "hysteresis": 1},
+                     gradient_accumulation_steps=2)
+    assert engine.optimizer.overflow is False  # owned by the optimizer: readable before any step
     x = torch.randn(2, 4)
     engine.backward(engine(x).float().sum() * float("inf"))
-    engine.step()
-    assert engine.optimizer.overflow is True
+    engine.step()  # not a boundary: no step taken, the flag stays as it was
+    assert engine.optimizer.overflow is False and engine.optimizer.cur_scale == 16
     engine.backward(engine(x).float().sum())
     engine.step()
-    assert engine.optimizer.overflow is False
+    assert engine.optimizer.overflow is True and engine.skipped_steps == 1 and engine.optimizer.cur_scale == 8
+    for _ in range(2):
+        engine.backward(engine(x).float().sum())
+        engine.step()
+    assert engine.optimizer.overflow is False and engine.skipped_steps == 1 and engine.global_steps == 2
 
 
 def test_engine_compile_and_destroy():
