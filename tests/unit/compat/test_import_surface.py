@@ -76,6 +76,7 @@ PATHS = {
     "runtime.compiler.is_compile_supported": "zerospeed.runtime.compiler:is_compile_supported",
     "git_version_info.version": "zerospeed.version:__version__",
     "checkpoint.constants.OPTIMIZER_STATE_DICT": "zerospeed.checkpoint.constants:OPTIMIZER_STATE_DICT",
+    "checkpoint.utils.clone_tensors_for_torch_save": "zerospeed.checkpoint.utils:clone_tensors_for_torch_save",
     "log_dist": "zerospeed.utils.logging:log_dist",
     "DeepSpeedConfigError": "zerospeed.errors:ConfigError",
 }
@@ -86,7 +87,7 @@ MODULE_PATHS = [
     "runtime.utils", "runtime.fp16.loss_scaler", "runtime.activation_checkpointing.checkpointing",
     "runtime.dataloader", "runtime.pipe", "runtime.pipe.module", "runtime.pipe.engine", "runtime.pipe.topology",
     "runtime.bf16_optimizer", "runtime.engine", "launcher.runner", "git_version_info", "checkpoint.constants",
-    "utils.groups",
+    "checkpoint.utils", "utils.groups",
 ]
 
 
