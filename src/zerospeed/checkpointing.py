@@ -13,6 +13,10 @@ device around each segment's forward and backward, `profile` logs each segment's
 forward time. `partition_activations` and `contiguous_memory_optimization` (which
 splits saved inputs across tensor-parallel ranks into one buffer) are not built: each
 warns once, naming the key, and activations stay whole.
+
+`CheckpointFunction` is DeepSpeed's reentrant autograd Function, for code that calls it
+directly (`CheckpointFunction.apply(function, all_outputs, *args)`, as optimum-habana does).
+Being reentrant, its segment gets gradients only through inputs that require grad.
 """
 
 from __future__ import annotations
@@ -155,6 +159,101 @@ def checkpoint(function, *args, **kwargs):
 def non_reentrant_checkpoint(function, *args):
     """DeepSpeed's name for the non-reentrant variant; `checkpoint` is already non-reentrant."""
     return checkpoint(function, *args)
+
+
+class CheckpointFunction(torch.autograd.Function):
+    """DeepSpeed's reentrant checkpoint: `apply(run_function, all_outputs, *args)` runs
+    `run_function(*args)` without a graph, appends its outputs (non-tensors too) to the list
+    `all_outputs` and returns the tensor outputs; backward recomputes the segment under the
+    forward's RNG states (CPU, device, model-parallel tracker) and back-propagates through it.
+
+    Parameters inside the segment get gradients only if some tensor input requires grad
+    (the reentrant rule); `checkpoint()` has no such limit. Honours `cpu_checkpointing`
+    (saved inputs wait on the CPU) and `synchronize_checkpoint_boundary`.
+    """
+
+    @staticmethod
+    def forward(ctx, run_function, all_outputs: list, *args):
+        options = _options
+        if options.synchronize_checkpoint_boundary:
+            _synchronize()
+        ctx.run_function = run_function
+        ctx.synchronize = options.synchronize_checkpoint_boundary
+        ctx.rng_states = _capture_rng_states()
+        ctx.tensor_positions = [i for i, arg in enumerate(args) if isinstance(arg, torch.Tensor)]
+        ctx.args = [None if isinstance(arg, torch.Tensor) else arg for arg in args]  # the non-tensor ones
+        tensors = [args[i] for i in ctx.tensor_positions]
+        ctx.input_devices = [t.device for t in tensors]
+        ctx.input_requires_grad = [t.requires_grad for t in tensors]
+        if options.cpu_checkpointing:
+            tensors = [t.detach().to("cpu") for t in tensors]
+        ctx.save_for_backward(*tensors)
+        with torch.no_grad():
+            outputs = run_function(*args)
+        if options.synchronize_checkpoint_boundary:
+            _synchronize()
+        if isinstance(outputs, torch.Tensor):
+            if not outputs.is_floating_point():
+                ctx.mark_non_differentiable(outputs)
+            all_outputs.append(outputs)
+            return outputs
+        all_outputs.extend(outputs)
+        tensor_outputs = tuple(o for o in outputs if isinstance(o, torch.Tensor))
+        ctx.mark_non_differentiable(*[o for o in tensor_outputs if not o.is_floating_point()])
+        return tensor_outputs
+
+    @staticmethod
+    def backward(ctx, *grads):
+        if not torch.autograd._is_checkpoint_valid():
+            raise RuntimeError("CheckpointFunction (reentrant activation checkpointing) does not work with "
+                               "torch.autograd.grad(); use .backward(), or zerospeed.checkpointing.checkpoint")
+        if ctx.synchronize:
+            _synchronize()
+        args = list(ctx.args)
+        inputs = []
+        for position, saved, device, requires_grad in zip(
+            ctx.tensor_positions, ctx.saved_tensors, ctx.input_devices, ctx.input_requires_grad
+        ):
+            detached = saved.detach().to(device)
+            detached.requires_grad_(requires_grad)
+            args[position] = detached
+            inputs.append(detached)
+        with _forward_rng_states(ctx.rng_states), torch.enable_grad():
+            outputs = ctx.run_function(*args)
+        if isinstance(outputs, torch.Tensor):
+            outputs = (outputs,)
+        tensor_outputs = [o for o in outputs if isinstance(o, torch.Tensor)]
+        pairs = [(o, g) for o, g in zip(tensor_outputs, grads) if o.requires_grad]
+        if pairs:
+            torch.autograd.backward([o for o, _ in pairs], [g for _, g in pairs])
+        if ctx.synchronize:
+            _synchronize()
+        input_grads = iter(t.grad for t in inputs)
+        arg_grads = [next(input_grads) if isinstance(arg, torch.Tensor) else None for arg in args]
+        ctx.run_function = ctx.args = None  # the segment's closure and arguments are not kept past backward
+        return (None, None, *arg_grads)
+
+
+def _capture_rng_states() -> tuple:
+    """The CPU, current-device and tracker RNG states a segment's forward ran under."""
+    device_state = torch.cuda.get_rng_state() if torch.cuda.is_available() else None
+    return torch.get_rng_state(), device_state, _RNG_TRACKER.get_states()
+
+
+@contextlib.contextmanager
+def _forward_rng_states(states: tuple):
+    """Run a block under the captured states; every generator is put back afterwards."""
+    cpu_state, device_state, tracker_states = states
+    backward_tracker_states = _RNG_TRACKER.get_states()
+    with torch.random.fork_rng(devices=[torch.cuda.current_device()] if device_state is not None else []):
+        torch.set_rng_state(cpu_state)
+        if device_state is not None:
+            torch.cuda.set_rng_state(device_state)
+        _RNG_TRACKER.set_states(tracker_states)
+        try:
+            yield
+        finally:
+            _RNG_TRACKER.set_states(backward_tracker_states)
 
 
 # -- model-parallel RNG (Megatron's tracker): separate, forkable generator states by name ----
