@@ -154,6 +154,28 @@ def test_bf16_optimizer_isinstance():
         BF16_Optimizer()
 
 
+def test_zero_optimizer_isinstance_truth_table():
+    from zerospeed.runtime.bf16_optimizer import BF16_Optimizer
+    from zerospeed.runtime.zero.stage3 import DeepSpeedZeroOptimizer_Stage3
+    from zerospeed.runtime.zero.stage_1_and_2 import DeepSpeedZeroOptimizer
+    from zerospeed.zero.partitioned_optimizer import ZeroOptimizer
+    from zerospeed.zero.stage3.optimizer import Stage3Optimizer
+
+    assert issubclass(Stage3Optimizer, ZeroOptimizer)  # why the stage-1/2 name cannot be a plain alias
+    classes = (DeepSpeedZeroOptimizer, DeepSpeedZeroOptimizer_Stage3, BF16_Optimizer)
+    expected = {  # (stage, bf16) -> isinstance against each of `classes`, as DeepSpeed answers
+        (0, False): (False, False, False), (0, True): (False, False, True), (1, False): (True, False, False),
+        (2, False): (True, False, False), (2, True): (True, False, False), (3, False): (False, True, False),
+        (3, True): (False, True, False),
+    }
+    for (stage, bf16), answers in expected.items():
+        optimizer = _engine(stage=stage, bf16={"enabled": bf16}).optimizer
+        assert tuple(isinstance(optimizer, cls) for cls in classes) == answers, (stage, bf16)
+    assert not isinstance(torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=0.1), DeepSpeedZeroOptimizer)
+    with pytest.raises(RuntimeError, match="initialize"):
+        DeepSpeedZeroOptimizer()
+
+
 def test_engine_sets_the_groups_mpu():
     from zerospeed.utils import groups
 

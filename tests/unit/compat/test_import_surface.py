@@ -69,6 +69,8 @@ PATHS = {
     "PipelineEngine": "zerospeed.pipe.engine:PipelineEngine",
     "PipelineModule": "zerospeed.pipe.module:PipelineModule",
     "runtime.bf16_optimizer.BF16_Optimizer": "zerospeed.runtime.bf16_optimizer:BF16_Optimizer",
+    "runtime.zero.stage_1_and_2.DeepSpeedZeroOptimizer": "zerospeed.runtime.zero.stage_1_and_2:DeepSpeedZeroOptimizer",
+    "runtime.zero.stage3.DeepSpeedZeroOptimizer_Stage3": "zerospeed.zero.stage3.optimizer:Stage3Optimizer",
     "runtime.engine.DeepSpeedEngine": "zerospeed.runtime.engine:Engine",
     "DeepSpeedEngine": "zerospeed.runtime.engine:Engine",
     "launcher.runner.main": "zerospeed.launcher.runner:main",
