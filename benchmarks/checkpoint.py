@@ -12,6 +12,7 @@ async save's stall (until `save_checkpoint` returns) and its total (until
 `wait_for_checkpoint`), and rank 0 times offline consolidation (`zero_to_fp32`'s
 `get_fp32_state_dict_from_zero_checkpoint`) for both. GB/s = checkpoint bytes on disk /
 median seconds. zerospeed fsyncs every file (DeepSpeed does not) and verifies CRC32s on load.
+Every run starts with `os.sync()`, so no run pays for the write-back of an earlier one.
 """
 
 from __future__ import annotations
@@ -82,6 +83,10 @@ def worker(argv=None) -> int:
                 engine.backward(engine(x, y))
                 engine.step()
         root = os.path.join(args.ckpt_dir, f"{args.impl}-z{args.stage}")
+        # Flush what earlier runs left dirty (DeepSpeed does not fsync: its last run's ~1 GB would
+        # still be going to disk, slowing the fsyncs of whichever run comes next).
+        os.sync()
+        dist.barrier()
         saves = [_timed(lambda i=i: engine.save_checkpoint(root, tag=f"t{i}"), dist.barrier) for i in range(args.repeats)]
         loads = [_timed(lambda i=i: engine.load_checkpoint(root, tag=f"t{i}"), dist.barrier) for i in range(args.repeats)]
         record.update(save_s=saves, load_s=loads, bytes=_dir_bytes(os.path.join(root, "t0")), world_size=world)
