@@ -30,6 +30,7 @@ _LAZY_ATTRS = {
     "version": "zerospeed.git_version_info",
     "git_hash": "zerospeed.git_version_info",
     "git_branch": "zerospeed.git_version_info",
+    "OnDevice": "zerospeed.utils.init_on_device",
 }
 # DeepSpeed's name -> (module, zerospeed's name)
 _LAZY_RENAMED = {
@@ -39,7 +40,7 @@ _LAZY_RENAMED = {
 }
 _LAZY_MODULES = (
     "comm", "zero", "accelerator", "config", "runtime", "utils", "checkpointing", "pipe", "ops", "errors", "launcher",
-    "monitor", "profiling", "checkpoint", "git_version_info",
+    "monitor", "profiling", "checkpoint", "git_version_info", "compression",
 )
 # submodules loaded with their package, so DeepSpeed's attribute paths reach them
 _COMPANIONS = {"checkpoint": ("zerospeed.checkpoint.constants",)}

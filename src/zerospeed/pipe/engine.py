@@ -28,6 +28,14 @@ from zerospeed.runtime.engine import Engine
 from zerospeed.runtime.timers import BACKWARD, FORWARD
 from zerospeed.utils.logging import warn_once
 
+# DeepSpeed's pipeline timer names (deepspeed.runtime.pipe.engine), which scripts import
+BATCH_INPUT_TIMER = "batch_input"
+TRAIN_BATCH_TIMER = "train_batch"
+PIPE_SEND_OUTPUT_TIMER = "pipe_send_output"
+PIPE_SEND_GRAD_TIMER = "pipe_send_grad"
+PIPE_RECV_INPUT_TIMER = "pipe_recv_input"
+PIPE_RECV_GRAD_TIMER = "pipe_recv_grad"
+
 _USE_TRAIN_BATCH = "Only train_batch() is accessible in pipeline mode: use engine.train_batch(data_iter) / engine.eval_batch(data_iter)"
 
 

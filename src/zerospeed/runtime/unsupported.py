@@ -34,6 +34,10 @@ UNSUPPORTED_MODULES: dict[str, str] = {
     "runtime.pipe.dualpipev": "the DualPipeV pipeline schedule (deepspeed.runtime.pipe.dualpipev)",
 }
 
+# modules zerospeed provides inside an unbuilt feature's package: DeepSpeed 0.19.8's own
+# `deepspeed.compression` is no more than the `helper` shim (recursive_getattr / recursive_setattr)
+PROVIDED_MODULES: frozenset[str] = frozenset({"compression", "compression.helper"})
+
 # (package, attribute) -> feature, for names that are not modules
 UNSUPPORTED_ATTRIBUTES: dict[tuple[str, str], str] = {
     ("zerospeed", "init_inference"): "DeepSpeed-Inference (deepspeed.init_inference)",
@@ -85,6 +89,8 @@ def unsupported_module_feature(fullname: str) -> str | None:
     if not fullname.startswith("zerospeed."):
         return None
     relative = fullname[len("zerospeed."):]
+    if relative in PROVIDED_MODULES:
+        return None
     for prefix, feature in UNSUPPORTED_MODULES.items():
         if relative == prefix or relative.startswith(prefix + "."):
             return feature

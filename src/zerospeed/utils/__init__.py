@@ -19,6 +19,9 @@ from zerospeed.utils.tensor_fragment import (
 _LAZY = {
     "groups": "zerospeed.utils.groups",
     "RepeatingLoader": "zerospeed.runtime.data",
+    "OnDevice": "zerospeed.utils.init_on_device",
+    "recursive_getattr": "zerospeed.utils.module_utils",
+    "recursive_setattr": "zerospeed.utils.module_utils",
 }
 
 
@@ -37,7 +40,8 @@ def __getattr__(name: str):
 
 
 __all__ = [
-    "RepeatingLoader", "groups", "log_dist", "logger", "safe_get_full_fp32_param", "safe_get_full_grad",
+    "OnDevice", "RepeatingLoader", "groups", "recursive_getattr", "recursive_setattr", "log_dist", "logger",
+    "safe_get_full_fp32_param", "safe_get_full_grad",
     "safe_get_full_optimizer_state", "safe_get_local_fp32_param", "safe_get_local_grad",
     "safe_get_local_optimizer_state", "safe_set_full_fp32_param", "safe_set_full_optimizer_state",
     "safe_set_local_fp32_param", "safe_set_local_grad", "safe_set_local_optimizer_state",

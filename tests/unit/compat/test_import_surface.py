@@ -79,6 +79,19 @@ PATHS = {
     "git_version_info.version": "zerospeed.version:__version__",
     "checkpoint.constants.OPTIMIZER_STATE_DICT": "zerospeed.checkpoint.constants:OPTIMIZER_STATE_DICT",
     "checkpoint.utils.clone_tensors_for_torch_save": "zerospeed.checkpoint.utils:clone_tensors_for_torch_save",
+    "runtime.activation_checkpointing.checkpointing.CheckpointFunction": "zerospeed.checkpointing:CheckpointFunction",
+    "OnDevice": "zerospeed.utils.init_on_device:OnDevice",
+    "utils.OnDevice": "zerospeed.utils.init_on_device:OnDevice",
+    "utils.init_on_device.OnDevice": "zerospeed.utils.init_on_device:OnDevice",
+    "utils.recursive_getattr": "zerospeed.utils.module_utils:recursive_getattr",
+    "utils.module_utils.recursive_setattr": "zerospeed.utils.module_utils:recursive_setattr",
+    "compression.helper.recursive_getattr": "zerospeed.utils.module_utils:recursive_getattr",
+    "compression.helper.recursive_setattr": "zerospeed.utils.module_utils:recursive_setattr",
+    "utils.timer.SynchronizedWallClockTimer": "zerospeed.utils.timer:SynchronizedWallClockTimer",
+    "utils.timer.ThroughputTimer": "zerospeed.utils.timer:ThroughputTimer",
+    "utils.timer.FORWARD_MICRO_TIMER": "zerospeed.utils.timer:FORWARD_MICRO_TIMER",
+    "runtime.pipe.engine.TRAIN_BATCH_TIMER": "zerospeed.pipe.engine:TRAIN_BATCH_TIMER",
+    "runtime.pipe.engine.PIPE_RECV_GRAD_TIMER": "zerospeed.pipe.engine:PIPE_RECV_GRAD_TIMER",
     "log_dist": "zerospeed.utils.logging:log_dist",
     "DeepSpeedConfigError": "zerospeed.errors:ConfigError",
 }
@@ -89,7 +102,8 @@ MODULE_PATHS = [
     "runtime.utils", "runtime.fp16.loss_scaler", "runtime.activation_checkpointing.checkpointing",
     "runtime.dataloader", "runtime.pipe", "runtime.pipe.module", "runtime.pipe.engine", "runtime.pipe.topology",
     "runtime.bf16_optimizer", "runtime.engine", "launcher.runner", "git_version_info", "checkpoint.constants",
-    "checkpoint.utils", "utils.groups",
+    "checkpoint.utils", "utils.groups", "utils.timer", "utils.init_on_device", "utils.module_utils", "compression",
+    "compression.helper",
 ]
 
 

@@ -14,7 +14,8 @@ from zerospeed.runtime.unsupported import NotProvidedError, NotProvidedImportErr
     ("zerospeed", "init_inference", "DeepSpeed-Inference"),
     ("zerospeed", "InferenceEngine", "DeepSpeed-Inference"),
     ("zerospeed", "moe", "Mixture of Experts"),
-    ("zerospeed", "compression", "compression"),
+    ("zerospeed.compression", "compress", "compression"),
+    ("zerospeed.compression", "init_compression", "compression"),
     ("zerospeed", "autotuning", "autotuner"),
     ("zerospeed", "DeepSpeedHybridEngine", "hybrid engine"),
     ("zerospeed.runtime", "hybrid_engine", "hybrid engine"),
@@ -37,6 +38,7 @@ def test_attribute_access_names_the_missing_feature(owner, name, feature):
     ("from zerospeed import moe", "Mixture of Experts"),
     ("from zerospeed.inference.engine import InferenceEngine", "DeepSpeed-Inference"),
     ("import zerospeed.compression.compress", "compression"),
+    ("from zerospeed.compression.compress import init_compression", "compression"),
     ("from zerospeed.autotuning import Autotuner", "autotuner"),
     ("import zerospeed.runtime.pipe.dualpipev", "DualPipeV"),
 ])
