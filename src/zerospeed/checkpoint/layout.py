@@ -24,7 +24,11 @@ from zerospeed.errors import CheckpointError
 FORMAT_NAME = "zerospeed.checkpoint"
 FORMAT_VERSION = 1
 # 1.1: at stage 3 the module file leaves out what the master pieces hold (module_tensors_in_shards).
-FORMAT_MINOR_VERSION = 1
+# 1.2: pipeline engines: each stage's module tensors in their own file (pipeline, module_files);
+#      only pipeline checkpoints are marked 1.2, so 1.1 readers still read every other save.
+FORMAT_MINOR_VERSION = 2
+PIPELINE_MINOR_VERSION = 2
+NON_PIPELINE_MINOR_VERSION = 1
 MANIFEST = "manifest.json"
 MODEL_FILE = "model.safetensors"
 ENGINE_STATE_FILE = "engine_state.pt"
@@ -36,6 +40,11 @@ CRASH_ENV = "ZEROSPEED_CKPT_CRASH_AT"
 
 def shard_file(rank: int) -> str:
     return f"rank{rank:05d}.safetensors"
+
+
+def stage_module_file(stage: int) -> str:
+    """Pipeline stage `stage`'s module tensors (stage 0's are in MODEL_FILE)."""
+    return MODEL_FILE if stage == 0 else f"model-stage{stage:03d}.safetensors"
 
 
 def rank_info_file(rank: int) -> str:

@@ -76,8 +76,27 @@ def _own_shapes(module: torch.nn.Module) -> dict[str, tuple[int, ...]]:
             for name, value in raw_state_dict(module, keep_vars=True).items() if isinstance(value, torch.Tensor)}
 
 
-def _check_module(manifest: dict, module: torch.nn.Module, options: Options, where: str) -> None:
-    saved = {name: tuple(spec["shape"]) for name, spec in manifest["module_tensors"].items()}
+def module_names(manifest: dict, engine) -> list[str]:
+    """The saved module tensors this engine's module holds: all of them, or for a pipeline
+    checkpoint those of this rank's stage. CheckpointError if the pipeline shapes differ."""
+    pipeline = manifest.get("pipeline")
+    if pipeline is None:
+        return list(manifest["module_tensors"])
+    stages = getattr(engine, "num_stages", 1)
+    if stages != pipeline["num_stages"]:
+        raise CheckpointError(f"the checkpoint was saved by a pipeline of {pipeline['num_stages']} stages and this "
+                              f"engine has {stages}; a pipeline checkpoint loads into the same number of stages "
+                              "(its layers are split the same way)")
+    return list(pipeline["stage_tensors"][str(engine.stage_id)])
+
+
+def _check_module(manifest: dict, engine, options: Options, where: str) -> None:
+    module = engine.module
+    try:
+        names = module_names(manifest, engine)
+    except CheckpointError as error:
+        raise CheckpointError(f"{where}: {error}") from None
+    saved = {name: tuple(manifest["module_tensors"][name]["shape"]) for name in names}
     own = _own_shapes(module)
     excluded = set(manifest.get("excluded_frozen_parameters", []))
     wrong = [f"{n}: checkpoint {saved[n]} vs model {own[n]}" for n in saved.keys() & own.keys() if saved[n] != own[n]]
@@ -135,7 +154,8 @@ def _files_to_verify(manifest: dict, options: Options, rank: int, world: int) ->
     shard_owner = {shard["file"]: int(r) % world for r, shard in manifest.get("shards", {}).items()}
     needed = sorted(files)
     if options.module_only and not manifest.get("module_tensors_in_shards"):
-        needed = [n for n in needed if n in (layout.MODEL_FILE, layout.ENGINE_STATE_FILE)]
+        module_files = {layout.MODEL_FILE, layout.ENGINE_STATE_FILE, *manifest.get("module_files", {}).values()}
+        needed = [n for n in needed if n in module_files]
     load = [0] * world
     mine = []
     for name in sorted(needed, key=lambda n: (n not in shard_owner, n)):
@@ -156,7 +176,7 @@ def make_plan(engine, load_dir: str, tag, options: Options) -> Plan | None:
     manifest = layout.read_manifest(tag_dir)
     where = f"load_checkpoint({tag_dir})"
     if options.custom_load_fn is None:
-        _check_module(manifest, engine.module, options, where)
+        _check_module(manifest, engine, options, where)
     ModuleSource(manifest).check(where)
     plan = Plan(tag, tag_dir, manifest, CheckpointFiles(tag_dir, manifest))
     if engine.optimizer is not None and not options.module_only:
@@ -210,13 +230,13 @@ def _load_module(engine, plan: Plan, options: Options) -> None:
         load_partitioned(engine.module, source, _filled_by_masters(engine, plan) if restoring else set())
         return
     if options.custom_load_fn is not None:  # whole tensors the function may keep: copies
-        state = {name: source.full(name) for name in source.names()}
+        state = {name: source.full(name) for name in module_names(plan.manifest, engine)}
         with gathered_module(engine.module, modify=True):
             options.custom_load_fn(src=state, dst=engine.module)
         return
     skipped = _rewritten_by_masters(engine, plan) if restoring else set()
     # Views of the mapped module file where the tensors are there: load_state_dict copies each once.
-    state = {name: source.tensor(name) for name in source.names() if name not in skipped}
+    state = {name: source.tensor(name) for name in module_names(plan.manifest, engine) if name not in skipped}
     excluded = set(plan.manifest.get("excluded_frozen_parameters", []))
     strict = options.strict and not excluded and not skipped  # names were checked in the plan phase
     with gathered_module(engine.module, modify=True):

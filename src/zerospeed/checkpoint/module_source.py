@@ -38,8 +38,10 @@ class CheckpointFiles:
         shard = self.manifest.get("shards", {}).get(str(rank))
         return self.open(shard["file"] if shard else layout.shard_file(rank))
 
-    def model(self) -> SafetensorsReader:
-        return self.open(self.manifest.get("module_file", layout.MODEL_FILE))
+    def model(self, stored_name: str | None = None) -> SafetensorsReader:
+        """The module file holding `stored_name` (a pipeline stage's own file, since format 1.2)."""
+        default = self.manifest.get("module_file", layout.MODEL_FILE)
+        return self.open(self.manifest.get("module_files", {}).get(stored_name, default))
 
     def close(self) -> None:
         for reader in self._readers.values():
@@ -97,7 +99,8 @@ class ModuleSource:
         as master pieces): a view of a mapped file when one saved range holds them, else a new tensor."""
         param = self.master_name(name)
         if param is None:
-            return self.files.model().tensor(self.stored_name(name)).reshape(-1)[start:end]
+            stored = self.stored_name(name)
+            return self.files.model(stored).tensor(stored).reshape(-1)[start:end]
         copies = plan_copies(self.pieces.get(param, []), start, end)
         if missing_ranges(copies, start, end):
             raise CheckpointError(f"module tensor {name}: elements [{start}, {end}) are not all in the saved "
@@ -118,7 +121,8 @@ class ModuleSource:
         """Tensor `name`, whole, in the dtype the module had: a view of the module file when it is
         there (valid while referenced; writes change only this process's copy), else rebuilt."""
         if self.master_name(name) is None:
-            return self.files.model().tensor(self.stored_name(name))
+            stored = self.stored_name(name)
+            return self.files.model(stored).tensor(stored)
         return self.full(name)
 
     def full(self, name: str, dtype: torch.dtype | None = None) -> torch.Tensor:

@@ -53,7 +53,9 @@ class Snapshot:
     save_latest: bool
     shard: dict[str, torch.Tensor]
     shard_meta: dict
-    model: dict[str, torch.Tensor] | None = None  # rank 0 only (tied tensors once)
+    model: dict[str, torch.Tensor] | None = None  # module-file writers only (tied tensors once)
+    module_file: str = layout.MODEL_FILE
+    module_note: dict | None = None  # pipeline stage writers: what their module file holds, for the manifest
     engine_state: bytes | None = None  # rank 0 only
     manifest: dict = field(default_factory=dict)  # rank 0 only: the fields known before writing
     stall_s: float = 0.0
@@ -146,7 +148,8 @@ def _manifest_base(engine, tag: str, module: ModuleSnapshot, excluded: list[str]
     policy = engine.policy
     optimizer = engine.optimizer
     return {
-        "format": layout.FORMAT_NAME, "version": layout.FORMAT_VERSION, "minor_version": layout.FORMAT_MINOR_VERSION,
+        "format": layout.FORMAT_NAME, "version": layout.FORMAT_VERSION,
+        "minor_version": layout.NON_PIPELINE_MINOR_VERSION,
         "tag": tag,
         "created_unix": time.time(), "zerospeed_version": __version__,
         "world_size": engine.world_size, "zero_stage": engine.zero_optimization_stage(),
@@ -174,6 +177,16 @@ def _master_param_names(engine) -> dict[int, str]:
     return master_param_names(engine.optimizer)
 
 
+def _pipeline_stage(engine) -> tuple[int, int, bool] | None:
+    """(stage id, number of stages, writes this stage's module file) of a pipeline engine with
+    several stages, else None. A stage's layers live only on its ranks: the first data-parallel
+    rank of each stage writes them."""
+    stages = getattr(engine, "num_stages", 1)
+    if stages <= 1:
+        return None
+    return engine.stage_id, stages, engine.grid.get_data_parallel_rank() == 0
+
+
 def take_snapshot(engine, save_dir: str, tag: str, run_id: str, client_state: dict, save_latest: bool,
                   exclude_frozen: bool, clone: bool) -> Snapshot:
     """This rank's part of the checkpoint; tensors cloned to CPU when `clone` (async save)."""
@@ -189,11 +202,19 @@ def take_snapshot(engine, save_dir: str, tag: str, run_id: str, client_state: di
     )
     excluded = [n for n, p in engine.module.named_parameters() if not p.requires_grad] if exclude_frozen else []
     # At stage 3 a collective when some parameter has no master (its unit is gathered).
-    module = rank0_module_snapshot(engine.module, _master_param_names(engine), exclude=set(excluded), clone=clone)
-    if rank == 0:
+    pipe = _pipeline_stage(engine)
+    module = rank0_module_snapshot(engine.module, _master_param_names(engine), exclude=set(excluded), clone=clone,
+                                   writer=None if pipe is None else pipe[2])
+    if module is not None:
         snap.model = module.tensors
+        if pipe is not None:
+            snap.module_file = layout.stage_module_file(pipe[0])
+            snap.module_note = {"stage": pipe[0], "file": snap.module_file, "specs": module.specs, "ties": module.ties}
+    if rank == 0:
         snap.engine_state = _engine_state_bytes(engine, client_state, module.extra)
         snap.manifest = _manifest_base(engine, tag, module, excluded)
+        if pipe is not None:
+            snap.manifest.update(minor_version=layout.PIPELINE_MINOR_VERSION, pipeline={"num_stages": pipe[1]})
     snap.stall_s = time.perf_counter() - started
     return snap
 
@@ -205,12 +226,14 @@ def write_rank_files(snap: Snapshot) -> None:
     name = layout.shard_file(snap.rank)
     metadata = {"zerospeed": json.dumps(snap.shard_meta)}
     files[name] = write_safetensors(os.path.join(snap.temp_dir, name), snap.shard, metadata).to_json()
+    if snap.model is not None:
+        files[snap.module_file] = write_safetensors(os.path.join(snap.temp_dir, snap.module_file), snap.model).to_json()
     if snap.rank == 0:
-        files[layout.MODEL_FILE] = write_safetensors(os.path.join(snap.temp_dir, layout.MODEL_FILE), snap.model).to_json()
         files[layout.ENGINE_STATE_FILE] = write_bytes(
             os.path.join(snap.temp_dir, layout.ENGINE_STATE_FILE), snap.engine_state).to_json()
     layout.crash_point("after_shard", snap.rank)
-    note = {"rank": snap.rank, "shard": name, "files": files, "pieces": snap.shard_meta["pieces"]}
+    note = {"rank": snap.rank, "shard": name, "files": files, "pieces": snap.shard_meta["pieces"],
+            "module": snap.module_note}
     write_bytes(os.path.join(snap.temp_dir, layout.rank_info_file(snap.rank)), json.dumps(note).encode())
 
 
@@ -230,6 +253,29 @@ def _read_notes(snap: Snapshot, wait: bool) -> list[dict]:
     return notes
 
 
+def _merge_stage_modules(manifest: dict, notes: list[dict]) -> None:
+    """Pipeline: every stage's module tensors in the manifest, each stored name mapped to its file
+    (a tied layer on several stages is stored by the first), and the names of each stage."""
+    tensors, ties, files, stages = {}, {}, {}, {}
+    for note in notes:
+        module = note.get("module")
+        if module is None:
+            continue
+        stages[str(module["stage"])] = list(module["specs"])
+        for name, spec in module["specs"].items():
+            tensors.setdefault(name, spec)
+            stored = module["ties"].get(name, name)
+            if name in module["ties"]:
+                ties.setdefault(name, stored)
+            files.setdefault(stored, module["file"])
+    missing = [str(s) for s in range(manifest["pipeline"]["num_stages"]) if str(s) not in stages]
+    if missing:
+        raise CheckpointError(f"checkpoint '{manifest['tag']}': no rank wrote the module of pipeline stage(s) "
+                              f"{', '.join(missing)}")
+    manifest.update(module_tensors=tensors, module_ties=ties, module_files=files)
+    manifest["pipeline"] = {**manifest["pipeline"], "stage_tensors": stages}
+
+
 def commit(snap: Snapshot, wait_for_notes: bool) -> None:
     """Rank 0: fold the notes into the manifest, write it last, and publish the tag atomically."""
     notes = _read_notes(snap, wait_for_notes)
@@ -242,6 +288,8 @@ def commit(snap: Snapshot, wait_for_notes: bool) -> None:
         for piece in note["pieces"]:
             parameters.setdefault(piece["name"], {"shape": piece["shape"], "group": piece["group"]})
     manifest["parameters"] = parameters
+    if "pipeline" in manifest:
+        _merge_stage_modules(manifest, notes)
     # The module tensors left out of the module file must be whole in the shards, or the save fails here.
     ModuleSource(manifest).check(f"checkpoint '{snap.tag}'")
     write_bytes(os.path.join(snap.temp_dir, layout.MANIFEST), json.dumps(manifest, indent=1, default=str).encode())

@@ -141,6 +141,7 @@ def _specs(tensors: dict[str, torch.Tensor], ties: dict[str, str], order) -> dic
 
 def rank0_module_snapshot(
     module: torch.nn.Module, masters: dict[int, str], exclude: set[str] = frozenset(), clone: bool = False,
+    writer: bool | None = None,
 ) -> ModuleSnapshot | None:
     """The module's part of a checkpoint on rank 0 (None on other ranks); every rank must call it.
 
@@ -149,8 +150,10 @@ def rank0_module_snapshot(
     are not gathered: their values are in the shards. The units holding any other
     parameter (frozen ones) are gathered one at a time and rank 0 keeps CPU copies of just
     those parameters. At stages 0-2 this is `module_tensors` (everything in the file).
+    `writer` says whether this rank writes a module file (default: rank 0; a pipeline
+    engine's first data-parallel rank of every stage writes that stage's module).
     """
-    rank0 = comm.get_rank() == 0
+    rank0 = comm.get_rank() == 0 if writer is None else writer
     if not is_partitioned(module):
         if not rank0:
             return None

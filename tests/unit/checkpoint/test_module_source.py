@@ -110,11 +110,11 @@ def test_manifest_minor_version(tmp_path):
     directory.mkdir()
     manifest = {"format": layout.FORMAT_NAME, "version": 1, "minor_version": layout.FORMAT_MINOR_VERSION, "files": {}}
     (directory / layout.MANIFEST).write_text(json.dumps(manifest))
-    assert layout.read_manifest(str(directory))["minor_version"] == 1
+    assert layout.read_manifest(str(directory))["minor_version"] == 2
     del manifest["minor_version"]  # format 1.0
     (directory / layout.MANIFEST).write_text(json.dumps(manifest))
     layout.read_manifest(str(directory))
     manifest["minor_version"] = layout.FORMAT_MINOR_VERSION + 1
     (directory / layout.MANIFEST).write_text(json.dumps(manifest))
-    with pytest.raises(CheckpointError, match=r"format version 1\.2; this zerospeed reads versions up to 1\.1"):
+    with pytest.raises(CheckpointError, match=r"format version 1\.3; this zerospeed reads versions up to 1\.2"):
         layout.read_manifest(str(directory))
