@@ -103,9 +103,51 @@ class Consolidator:
             yield name, self.tensor(name)
 
 
+class DeepSpeedConsolidator:
+    """`Consolidator`'s interface over a checkpoint DeepSpeed wrote (`checkpoint.deepspeed_format`).
+
+    DeepSpeed's files are pickles that must be read whole, so the fp32 state dict is built in
+    memory first (as DeepSpeed's own zero_to_fp32 does); only the output is streamed.
+    """
+
+    def __init__(self, checkpoint_dir: str, tag=None, exclude_frozen_parameters: bool = False,
+                 dtype=torch.float32) -> None:
+        from zerospeed.checkpoint import deepspeed_format
+
+        self.dtype = resolve_dtype(dtype)
+        self.state = deepspeed_format.fp32_state_dict(checkpoint_dir, tag, exclude_frozen_parameters)
+        self.names = list(self.state)
+
+    def __enter__(self) -> "DeepSpeedConsolidator":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.state = {}
+
+    def _out_dtype(self, dtype: torch.dtype) -> torch.dtype:
+        return self.dtype if dtype.is_floating_point else dtype
+
+    def spec(self, name: str) -> tuple[str, torch.dtype, tuple[int, ...]]:
+        value = self.state[name]
+        return name, self._out_dtype(value.dtype), tuple(value.shape)
+
+    def tensor(self, name: str) -> torch.Tensor:
+        value = self.state[name]
+        return value.to(self._out_dtype(value.dtype)).contiguous()
+
+
+def open_consolidator(checkpoint_dir, tag=None, exclude_frozen_parameters=False, dtype=torch.float32):
+    """A `Consolidator`, or a `DeepSpeedConsolidator` when the tag is a DeepSpeed checkpoint."""
+    from zerospeed.checkpoint import deepspeed_format
+
+    if deepspeed_format.find_checkpoint(os.fspath(checkpoint_dir), tag) is not None:
+        return DeepSpeedConsolidator(checkpoint_dir, tag, exclude_frozen_parameters, dtype)
+    return Consolidator(checkpoint_dir, tag, exclude_frozen_parameters, dtype)
+
+
 def iter_consolidated(checkpoint_dir, tag=None, exclude_frozen_parameters=False, dtype=torch.float32):
-    """Yield `(name, full tensor)` in state-dict order, one tensor alive at a time."""
-    with Consolidator(checkpoint_dir, tag, exclude_frozen_parameters, dtype) as consolidator:
+    """Yield `(name, full tensor)` in state-dict order, one tensor alive at a time (zerospeed format)."""
+    with open_consolidator(checkpoint_dir, tag, exclude_frozen_parameters, dtype) as consolidator:
         yield from consolidator
 
 
@@ -142,10 +184,11 @@ def _shard_specs(specs: list, max_bytes: int) -> list[list]:
 def export(checkpoint_dir, output: str, *, tag=None, dtype=torch.float32, safe_serialization: bool = False,
            max_shard_size="5GB", exclude_frozen_parameters: bool = False) -> list[str]:
     """Write consolidated weights to `output` (a file if it ends in .safetensors/.bin/.pt, else a
-    directory with Hugging Face names and an index when sharded). Returns the files written."""
+    directory with Hugging Face names and an index when sharded). Returns the files written.
+    A checkpoint DeepSpeed wrote is read too (`DeepSpeedConsolidator`)."""
     single = output.endswith((".safetensors", ".bin", ".pt", ".pth"))
     safe = output.endswith(".safetensors") or (safe_serialization and not single)
-    with Consolidator(checkpoint_dir, tag, exclude_frozen_parameters, dtype) as consolidator:
+    with open_consolidator(checkpoint_dir, tag, exclude_frozen_parameters, dtype) as consolidator:
         specs = [consolidator.spec(name) for name in consolidator.names]
         total = sum(math.prod(s[2]) * torch.empty((), dtype=s[1]).element_size() for s in specs)
         shards = [specs] if single else _shard_specs(specs, _parse_size(max_shard_size))

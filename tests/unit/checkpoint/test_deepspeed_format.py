@@ -298,3 +298,19 @@ def test_unknown_partition_layout_is_refused(copy_of):
 def test_not_a_deepspeed_directory():
     with pytest.raises(CheckpointError, match="is not a DeepSpeed checkpoint"):
         deepspeed_format.fp32_state_dict(os.path.join(FIXTURES, "s1_fp32"), tag="global_step9")
+
+
+@pytest.mark.parametrize("name", ["s1_fp32", "s3_bf16"])
+def test_consolidate_command_exports_a_deepspeed_checkpoint(no_deepspeed, name, tmp_path):
+    """`zerospeed consolidate` (and convert_zero_checkpoint_to_*) on a DeepSpeed directory: the
+    same tensors as get_fp32_state_dict_from_zero_checkpoint, cast to --dtype."""
+    from zerospeed.launcher.cli import main
+    from zerospeed.utils.zero_to_fp32 import get_fp32_state_dict_from_zero_checkpoint
+
+    expected = get_fp32_state_dict_from_zero_checkpoint(os.path.join(FIXTURES, name))
+    out = tmp_path / "model.safetensors"
+    assert main(["consolidate", os.path.join(FIXTURES, name), str(out), "--dtype", "bf16"]) == 0
+    written = load_file(str(out))
+    assert list(written) == list(expected)
+    for key, value in expected.items():
+        assert torch.equal(written[key], value.to(torch.bfloat16) if value.is_floating_point() else value), key
