@@ -142,6 +142,11 @@ def get_backend(group=None) -> str:
     return dist.get_backend(group)
 
 
+def get_world_group():
+    """The world group object (DeepSpeed's `comm.get_world_group`); torch's rank helpers take only objects, not None."""
+    return dist.group.WORLD
+
+
 def new_group(ranks=None, timeout=None, backend=None):
     """A subgroup; its timeout defaults to init_distributed's, not torch's 30-minute default."""
     from zerospeed.comm import collectives
@@ -262,7 +267,7 @@ __all__ = [
     "all_to_all", "all_to_all_single", "barrier", "broadcast", "broadcast_object_list", "comm_log",
     "configure", "configure_logger", "destroy_process_group", "get_backend", "get_comm_operation_count",
     "get_logged_comm_ops", "has_comm_data", "get_global_rank", "get_local_rank", "get_rank",
-    "get_step", "get_world_size", "groups", "init_distributed", "irecv", "is_available",
+    "get_step", "get_world_group", "get_world_size", "groups", "init_distributed", "irecv", "is_available",
     "is_initialized", "isend", "log_summary", "new_group", "parse_nodelist", "recv", "reduce",
     "reduce_scatter_tensor", "reset_log", "send", "set_step",
 ]

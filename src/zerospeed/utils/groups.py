@@ -30,10 +30,7 @@ def _require_initialized(what: str) -> None:
 
 
 def _world_group():
-    # The group object, not None: torch's get_global_rank / get_process_group_ranks take only objects.
-    import torch.distributed as dist
-
-    return dist.group.WORLD
+    return comm.get_world_group()
 
 
 def _grid():
