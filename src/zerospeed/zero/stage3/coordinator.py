@@ -16,7 +16,9 @@ Rules, in order of the training step:
   `_ReleaseAfterBackward`, whose backward runs once every input's gradient is computed
   (FSDP2's post-backward rule). Whatever is left is released when backward ends.
 - prefetch: while this micro-step's requests follow the last one's, the next units are
-  gathered ahead, up to `prefetch_numel` in flight and `max_live_numel` gathered.
+  gathered ahead: at most `prefetch_numel` elements prefetched and not yet requested, and
+  none that would take the gathered total past `max_live_numel` (which, as DeepSpeed's
+  stage3_max_live_parameters, bounds prefetch and reuse, never a fetch a module needs now).
 
 `FetchStats` keeps the books: elements gathered now and at most, elements prefetched and
 not yet requested (bounded by `prefetch_numel`), all-gathers issued.
