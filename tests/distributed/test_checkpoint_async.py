@@ -82,3 +82,47 @@ def test_each_async_checkpoint_holds_the_values_of_its_own_step(runs, stage, tag
     other = "second" if tag == "first" else "first"
     assert not all(torch.equal(saved[0][stage][tag]["params"][n], saved[0][stage][other]["params"][n])
                    for n in saved[0][stage][tag]["params"])  # the two saves differ, so the test can tell them apart
+
+
+def _slow_background_copies(root: str) -> dict:
+    """The writer thread's copies are slowed down, the optimizer step comes at once: it must wait
+    for them, so the checkpoint still holds the values of the save, not of the step after it."""
+    import time
+
+    from zerospeed.checkpoint import snapshot_buffers
+
+    original = snapshot_buffers.SnapshotBuffers.run_deferred
+    seen = {}
+
+    def slow(self):
+        seen["deferred_bytes"] = self.deferred_bytes
+        time.sleep(0.3)
+        original(self)
+
+    snapshot_buffers.SnapshotBuffers.run_deferred = slow
+    try:
+        engine = common.build(2)
+        common.train(engine, 0, 2)
+        at_save = common.state_of(engine)
+        engine.save_checkpoint(os.path.join(root, "slow"), tag="t", async_save=True)
+        snap = engine.__dict__["_checkpoint_pending"].snap
+        common.train(engine, 2, 1)  # its step waits for the copies
+        engine.wait_for_checkpoint()
+    finally:
+        snapshot_buffers.SnapshotBuffers.run_deferred = original
+    fresh = common.build(2, seed=5)
+    fresh.load_checkpoint(os.path.join(root, "slow"), tag="t")
+    return {"at_save": at_save, "loaded": common.state_of(fresh), "step_wait_s": snap.step_wait_s, **seen}
+
+
+def test_the_step_after_an_async_save_waits_for_its_background_copies(tmp_path):
+    for facts in run_distributed(_slow_background_copies, 2, str(tmp_path), timeout=240):
+        assert facts["deferred_bytes"] > 0  # masters, states (and rank 0's parameters) copied in the thread
+        assert facts["step_wait_s"] > 0
+        for name, value in facts["at_save"]["params"].items():
+            assert torch.equal(facts["loaded"]["params"][name], value), name
+        for mine, theirs in zip(facts["loaded"]["pieces"], facts["at_save"]["pieces"], strict=True):
+            assert torch.equal(mine[4], theirs[4])
+            for key, value in theirs[5].items():
+                if isinstance(value, torch.Tensor):
+                    assert torch.equal(mine[5][key], value), (mine[0], key)

@@ -58,7 +58,8 @@ class Snapshot:
     module_note: dict | None = None  # pipeline stage writers: what their module file holds, for the manifest
     engine_state: bytes | None = None  # rank 0 only
     manifest: dict = field(default_factory=dict)  # rank 0 only: the fields known before writing
-    stall_s: float = 0.0
+    stall_s: float = 0.0  # how long save_checkpoint blocked
+    step_wait_s: float = 0.0  # async, deferred copies: how long the next optimizer step waited for them
 
 
 def agree_on_tag(engine, tag, previous_error: str | None = None) -> tuple[str, str]:
@@ -331,8 +332,10 @@ class PendingSave:
 
     _open: set["PendingSave"] = set()
 
-    def __init__(self, snap: Snapshot) -> None:
+    def __init__(self, snap: Snapshot, deferred: snapshot_buffers.SnapshotBuffers | None = None) -> None:
         self.snap = snap
+        self.deferred = deferred  # a pool whose copies this thread makes before writing
+        self.staged = threading.Event()
         self.error: BaseException | None = None
         self.thread = threading.Thread(target=self._run, name=f"zerospeed-ckpt-{snap.tag}", daemon=False)
         PendingSave._open.add(self)
@@ -340,11 +343,22 @@ class PendingSave:
 
     def _run(self) -> None:
         try:
+            try:
+                if self.deferred is not None:
+                    self.deferred.run_deferred()
+            finally:
+                self.staged.set()  # also on failure: the step must not wait forever (wait() reports it)
             write_rank_files(self.snap)
             if self.snap.rank == 0:
                 commit(self.snap, wait_for_notes=True)
         except BaseException as error:  # noqa: BLE001 - reported by wait()
             self.error = error
+
+    def wait_staged(self) -> None:
+        """Block until the deferred copies are made (the optimizer step calls this before updating)."""
+        started = time.perf_counter()
+        self.staged.wait()
+        self.snap.step_wait_s += time.perf_counter() - started
 
     def wait(self) -> None:
         self.thread.join()
@@ -376,12 +390,18 @@ def save(engine, save_dir: str, tag=None, client_state: dict | None = None, save
     tag, run_id = agree_on_tag(engine, tag, previous_error)
     os.makedirs(save_dir, exist_ok=True)
     started = time.perf_counter()
-    with snapshot_buffers.staging(snapshot_buffers.pool_of(engine) if async_save else None):
+    defer = async_save and _can_defer_copies(engine)
+    pool = snapshot_buffers.pool_of(engine) if async_save else None
+    with snapshot_buffers.staging(pool, defer=defer):
         snap = take_snapshot(engine, save_dir, tag, run_id, dict(client_state or {}), save_latest,
                              exclude_frozen_parameters, clone=async_save)
-    snap.stall_s = time.perf_counter() - started  # with the accelerator's copies synchronized
     if async_save:
-        engine.__dict__["_checkpoint_pending"] = PendingSave(snap)
+        pending = PendingSave(snap, pool if defer else None)
+        if defer:
+            engine.optimizer.update_barrier = pending.wait_staged
+        engine.__dict__["_checkpoint_pending"] = pending
+    snap.stall_s = time.perf_counter() - started  # copies made (or handed to the writer) and synchronized
+    if async_save:
         return snap
     write_rank_files(snap)
     if snap.world_size > 1:
@@ -392,6 +412,15 @@ def save(engine, save_dir: str, tag=None, client_state: dict | None = None, save
         comm.barrier()
     log_dist(f"saved checkpoint {os.path.join(save_dir, tag)}")
     return snap
+
+
+def _can_defer_copies(engine) -> bool:
+    """Whether an async save may copy masters, optimizer states and parameters in its writer
+    thread: they change only in the optimizer step, which then waits for the copies. Not with
+    states on NVMe (swapped out again when the save returns) or without a ZeRO optimizer."""
+    optimizer = getattr(engine, "optimizer", None)
+    tier = getattr(optimizer, "tier", None)
+    return hasattr(optimizer, "update_barrier") and tier is not None and not getattr(tier, "chunked", True)
 
 
 def wait_for_pending(engine, synchronize: bool = True) -> None:

@@ -10,6 +10,11 @@ Buffers are matched by (shape, dtype), not by order, so a changed set of tensors
 optimizer state key, a frozen parameter) only reallocates what changed. A pool must not be
 refilled while a writer thread still reads it: `saver.save` waits for the pending save first.
 On an accelerator the buffers are pinned and the copies non-blocking; `finish()` synchronizes.
+
+A *deferred* snapshot only assigns buffers; the copies run later (`run_deferred`, in the async
+writer's thread, while the training loop goes on) for the tensors that change only in the
+optimizer step, which waits for them. Tensors staged with `now=True` (module buffers, which a
+forward may change) are copied at once.
 """
 
 from __future__ import annotations
@@ -33,6 +38,8 @@ class SnapshotBuffers:
         self._buffers: dict[_Key, list[torch.Tensor]] = {}
         self._free: dict[_Key, list[torch.Tensor]] = {}
         self._used: dict[_Key, list[torch.Tensor]] = {}
+        self._deferred: list[tuple[torch.Tensor, torch.Tensor]] = []  # (source, buffer) not copied yet
+        self.deferring = False
         self.reused_bytes = 0
         self.allocated_bytes = 0
 
@@ -40,13 +47,16 @@ class SnapshotBuffers:
     def held_bytes(self) -> int:
         return sum(t.numel() * t.element_size() for ts in self._buffers.values() for t in ts)
 
-    def begin(self) -> None:
+    def begin(self, defer: bool = False) -> None:
         self._free = {key: list(ts) for key, ts in self._buffers.items()}
         self._used = {}
+        self._deferred = []
+        self.deferring = defer
         self.reused_bytes = self.allocated_bytes = 0
 
-    def copy(self, tensor: torch.Tensor) -> torch.Tensor:
-        """A CPU copy of `tensor` in a pooled buffer (contiguous, same shape and dtype)."""
+    def copy(self, tensor: torch.Tensor, now: bool = False) -> torch.Tensor:
+        """A CPU copy of `tensor` in a pooled buffer (contiguous, same shape and dtype); when the
+        snapshot defers and not `now`, the buffer is filled later by `run_deferred`."""
         tensor = tensor.detach()
         key = (tuple(tensor.shape), tensor.dtype)
         free = self._free.get(key)
@@ -60,16 +70,34 @@ class SnapshotBuffers:
             if tensor.device.type != "cpu":
                 buffer = accelerator.pin_memory(buffer)
             self.allocated_bytes += nbytes
-        buffer.copy_(tensor, non_blocking=tensor.device.type != "cpu")
+        if self.deferring and not now:
+            self._deferred.append((tensor, buffer))
+        else:
+            buffer.copy_(tensor, non_blocking=tensor.device.type != "cpu")
         self._used.setdefault(key, []).append(buffer)
         return buffer
 
     def finish(self) -> None:
         """Wait for non-blocking copies; drop buffers this snapshot did not use."""
-        if self._used and get_accelerator().name != "cpu":
-            get_accelerator().synchronize()
+        self._synchronize()
         self._buffers = self._used
         self._free, self._used = {}, {}
+
+    @property
+    def deferred_bytes(self) -> int:
+        return sum(b.numel() * b.element_size() for _, b in self._deferred)
+
+    def run_deferred(self) -> None:
+        """Fill the buffers a deferred snapshot assigned (their sources must not have changed)."""
+        pending, self._deferred = self._deferred, []
+        for source, buffer in pending:
+            buffer.copy_(source, non_blocking=source.device.type != "cpu")
+        if pending:
+            self._synchronize()
+
+    def _synchronize(self) -> None:
+        if get_accelerator().name != "cpu":
+            get_accelerator().synchronize()
 
     def release(self) -> None:
         self._buffers, self._free, self._used = {}, {}, {}
@@ -84,12 +112,13 @@ def pool_of(engine) -> SnapshotBuffers:
 
 
 @contextlib.contextmanager
-def staging(pool: SnapshotBuffers | None) -> Iterator[SnapshotBuffers | None]:
-    """Within the block, `stage()` copies into `pool` (None: plain clones)."""
+def staging(pool: SnapshotBuffers | None, defer: bool = False) -> Iterator[SnapshotBuffers | None]:
+    """Within the block, `stage()` copies into `pool` (None: plain clones); with `defer` the
+    copies wait for `pool.run_deferred()`."""
     global _active
     previous, _active = _active, pool
     if pool is not None:
-        pool.begin()
+        pool.begin(defer)
     try:
         yield pool
     finally:
@@ -98,8 +127,9 @@ def staging(pool: SnapshotBuffers | None) -> Iterator[SnapshotBuffers | None]:
         _active = previous
 
 
-def stage(tensor: torch.Tensor) -> torch.Tensor:
-    """A CPU copy of `tensor` that the caller owns until the next snapshot of the same pool."""
+def stage(tensor: torch.Tensor, now: bool = False) -> torch.Tensor:
+    """A CPU copy of `tensor` that the caller owns until the next snapshot of the same pool
+    (filled later if the snapshot defers, unless `now`: for tensors a forward may change)."""
     if _active is not None:
-        return _active.copy(tensor)
+        return _active.copy(tensor, now)
     return tensor.detach().to("cpu", copy=True).contiguous()

@@ -50,7 +50,10 @@ def raw_state_dict(module: torch.nn.Module, keep_vars: bool = False) -> dict:
         return module.state_dict(keep_vars=keep_vars)
 
 
-def _split(state: dict, exclude: set[str], clone: bool) -> tuple[dict[str, torch.Tensor], dict, dict[str, str]]:
+def _split(state: dict, exclude: set[str], clone: bool,
+           parameters: frozenset[str] | set[str] = frozenset()) -> tuple[dict[str, torch.Tensor], dict, dict[str, str]]:
+    """(tensors, extra, ties) of `state`; a clone of a name in `parameters` may be deferred (an
+    async save copies it before the next optimizer step), anything else (buffers) is copied now."""
     tensors, extra, ties = {}, {}, {}
     seen: dict[tuple, str] = {}
     for name, value in state.items():
@@ -65,7 +68,7 @@ def _split(state: dict, exclude: set[str], clone: bool) -> tuple[dict[str, torch
             ties[name] = seen[identity]
             continue
         seen[identity] = name
-        tensors[name] = stage(value) if clone else value
+        tensors[name] = stage(value, now=name not in parameters) if clone else value
     return tensors, extra, ties
 
 
@@ -158,7 +161,8 @@ def rank0_module_snapshot(
         if not rank0:
             return None
         state = module.state_dict()
-        tensors, extra, ties = _split(state, set(exclude), clone)
+        parameters = {name for name, _ in module.named_parameters(remove_duplicate=False)}
+        tensors, extra, ties = _split(state, set(exclude), clone, parameters)
         return ModuleSnapshot(tensors, extra, ties, _specs(tensors, ties, state))
     state = raw_state_dict(module, keep_vars=True)
     partitioned: dict[int, str] = {}  # id(param) -> its first state-dict name

@@ -31,7 +31,10 @@ def _pieces(param):
 
 
 def _in_memory(optimizer):
-    """Swap NVMe-offloaded masters and states in while they are read or written."""
+    """Swap NVMe-offloaded masters and states in while they are read or written (after an async
+    checkpoint still copying them in the background is done with them)."""
+    if hasattr(optimizer, "wait_for_readers"):
+        optimizer.wait_for_readers()
     return optimizer.materialized() if hasattr(optimizer, "materialized") else contextlib.nullcontext()
 
 

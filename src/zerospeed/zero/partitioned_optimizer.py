@@ -121,6 +121,9 @@ class ZeroOptimizer:
         # DeepSpeed's flag, read before the first step too (Accelerate's step_was_skipped):
         # whether the last boundary step found an overflow and was skipped
         self.overflow = False
+        # Set by an async checkpoint whose copies of masters and states run in the background:
+        # the step, the only writer of those tensors, waits for them first.
+        self.update_barrier = None
         self.tier = tier if tier is not None else ResidentTier(masters)
         self.tier.attach(inner)
         self._master_index = {id(m): i for i, m in enumerate(self.masters)}
@@ -154,6 +157,12 @@ class ZeroOptimizer:
 
     def zero_grad(self, set_to_none: bool = True) -> None:
         self.reducer.zero()
+
+    def wait_for_readers(self) -> None:
+        """Before masters or optimizer states change: let an async checkpoint finish copying them."""
+        if self.update_barrier is not None:
+            barrier, self.update_barrier = self.update_barrier, None
+            barrier()
 
     def materialized(self, masters=None):
         """Context in which every fp32 master and optimizer state is in memory (a no-op unless
@@ -192,6 +201,7 @@ class ZeroOptimizer:
 
     def step(self) -> bool:
         """Unscale, check overflow, clip, step, write back and gather. Returns False if skipped."""
+        self.wait_for_readers()
         scale = self.loss_scaler.cur_scale
         sumsq = float(self._global_grad_sumsq())
         overflow = not math.isfinite(sumsq)

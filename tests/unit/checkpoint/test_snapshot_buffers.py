@@ -63,3 +63,19 @@ def test_staging_restores_the_previous_pool_after_an_error():
         pass
     assert snapshot_buffers._active is None
     assert pool.held_bytes == 2 * 4
+
+
+def test_a_deferred_snapshot_copies_only_now_tensors_until_run_deferred():
+    pool = SnapshotBuffers()
+    weights, running_mean = torch.ones(4), torch.zeros(3)
+    with staging(pool, defer=True):
+        staged_weights = stage(weights)
+        staged_mean = stage(running_mean, now=True)  # a buffer a forward may change: copied at once
+    running_mean.add_(5)
+    assert torch.equal(staged_mean, torch.zeros(3))
+    assert pool.deferred_bytes == 4 * 4
+    pool.run_deferred()
+    assert torch.equal(staged_weights, torch.ones(4)) and pool.deferred_bytes == 0
+    with staging(pool):  # not deferred: copied inside the block, into the same buffers
+        again = stage(weights)
+    assert again.data_ptr() == staged_weights.data_ptr() and pool.deferred_bytes == 0
