@@ -67,6 +67,8 @@ def model_argv(args: argparse.Namespace) -> list[str]:
         argv.append("--ds-torch-adam")
     if args.ds_config_extra:
         argv += ["--ds-config-extra", args.ds_config_extra]
+    if getattr(args, "zero_init", False):
+        argv.append("--zero-init")
     return argv
 
 
@@ -206,6 +208,8 @@ def worker_parse(argv=None) -> argparse.Namespace:
     p.add_argument("--stage", type=int, choices=[0, 1, 2, 3], default=0)
     p.add_argument("--offload", choices=["none", "cpu"], default="none")
     p.add_argument("--tag", default="")
+    p.add_argument("--zero-init", action="store_true",
+                   help="stage 3 (zerospeed, deepspeed): build the model inside zero.Init, so no rank ever holds it whole")
     add_model_args(p, layers=8, dim=512, heads=8, seq=256, micro_batch=4, steps=12, warmup_steps=3)
     return p.parse_args(argv)
 
@@ -311,6 +315,39 @@ def _import_runtime(impl: str):
     return zerospeed
 
 
+def build_model(args: argparse.Namespace, GPT, GPTConfig):
+    """The benchmark GPT; at stage 3 with `--zero-init`, built partitioned inside the runtime's zero.Init.
+
+    Inside zero.Init the GPT's own residual-projection init (`nn.init.normal_` on each such
+    parameter after construction) would write into empty placeholders, so it is repeated on
+    gathered parameters: same random stream, same weights as a whole-model build.
+    """
+    import math
+
+    import torch
+
+    torch.manual_seed(args.seed)
+    config = GPTConfig(vocab_size=args.vocab, seq_len=args.seq, layers=args.layers, dim=args.dim, heads=args.heads)
+    if not (getattr(args, "zero_init", False) and args.impl in ("zerospeed", "deepspeed") and args.stage == 3):
+        return GPT(config)
+    import torch.distributed as dist
+
+    ds = _import_runtime(args.impl)
+    with ds.zero.Init(config_dict_or_path=deepspeed_config(args, dist.get_world_size())):
+        model = GPT(config)
+    residual_std = 0.02 / math.sqrt(2 * args.layers)
+    for name, param in model.named_parameters():
+        if name.endswith(("attn.proj.weight", "mlp.out.weight")):
+            with ds.zero.GatheredParameters([param], modifier_rank=0):
+                torch.nn.init.normal_(param, mean=0.0, std=residual_std)
+    return model
+
+
+def count_params(model) -> int:
+    """Unique parameters, counting a stage-3 partitioned one by its full size (`ds_numel`)."""
+    return sum(getattr(p, "ds_numel", p.numel()) for p in model.parameters())
+
+
 def worker_main(argv=None) -> int:
     args = worker_parse(argv)
     import torch
@@ -322,6 +359,7 @@ def worker_main(argv=None) -> int:
     torch.set_num_threads(1)
     rank = int(os.environ.get("RANK", "0"))
     record = {"impl": args.impl, "stage": 0 if args.impl == "ddp" else args.stage,
+              "zero_init": bool(args.zero_init),
               "offload": args.offload if args.impl != "ddp" else "none", "dtype": args.dtype, "tag": args.tag,
               **{k: getattr(args, k) for k in MODEL_FLAGS}, "status": "ok"}
     try:
@@ -336,10 +374,8 @@ def worker_main(argv=None) -> int:
         base_rss = _ru_maxrss_mb()
         batches = make_batches(args.vocab, args.seq, args.micro_batch, args.grad_accum, args.steps,
                                args.seed, world, rank)
-        torch.manual_seed(args.seed)
-        model = GPT(GPTConfig(vocab_size=args.vocab, seq_len=args.seq, layers=args.layers,
-                              dim=args.dim, heads=args.heads))
-        params = model.num_params()
+        model = build_model(args, GPT, GPTConfig)
+        params = count_params(model)
         t0 = time.perf_counter()
         train_step, state_bytes, info = _build_trainer(args, model, world)
         dist.barrier()
@@ -364,7 +400,7 @@ def worker_main(argv=None) -> int:
             measured, measured_total = "n/a", -1.0
         else:  # memory_report() may carry its own "total"; never count it twice
             measured_total = float(measured.get("total", sum(measured.values())))
-        mem = torch.tensor([[peak, train_peak, base_rss, measured_total]], dtype=torch.float64)
+        mem = torch.tensor([[peak, train_peak, base_rss, measured_total, setup_peak]], dtype=torch.float64)
         gathered = [torch.zeros_like(mem) for _ in range(world)]
         dist.all_gather(gathered, mem)
         per_rank = torch.cat(gathered).tolist()
@@ -381,6 +417,7 @@ def worker_main(argv=None) -> int:
             "peak_rss_mb_per_rank": [round(r[0], 1) for r in per_rank],
             "train_peak_rss_mb_per_rank": [round(r[1], 1) for r in per_rank] if hwm_reset else None,
             "base_rss_mb_per_rank": [round(r[2], 1) for r in per_rank],
+            "setup_peak_rss_mb_per_rank": [round(r[4], 1) for r in per_rank],
             "theory_model_state_bytes_per_param": bpp,
             "theory_model_state_mb_per_rank": round(bpp * params / 2**20, 1),
             "model_state_bytes_rank0": measured,
