@@ -10,6 +10,9 @@ FSDP2 is `torch.distributed.fsdp.fully_shard` on every transformer block and on 
 `common.py`'s (one `torchrun` per implementation, JSON lines, a markdown table); this file adds
 the FSDP2 trainer and reports zerospeed's ratios against both peers, and model-state bytes per
 rank against the ZeRO formula (fp32 Adam: 16 bytes/param / N; bf16: (2+2+12) / N).
+
+Peak RSS on CPU depends on glibc's allocator as much as on what each implementation holds: prefix
+`MALLOC_MMAP_THRESHOLD_=1048576` to compare what they hold (benchmarks/README.md, zero3.py section).
 """
 
 from __future__ import annotations

@@ -22,6 +22,8 @@ The ZeRO formula for fp32 Adam: 16 bytes/param at stage 0, 16/N at stage 3, so s
 N times the parameters of stage 0 when model states dominate; the report shows that prediction
 (budget minus the measured per-rank overhead, divided by the formula's bytes/param) next to the
 measured largest model, and the ratios stage 3 / stage 0 and zerospeed / peers.
+Run it once as is and once with `MALLOC_MMAP_THRESHOLD_=1048576` in the environment: with glibc's
+default allocator, heap retention eats stage 3's savings at this scale (benchmarks/README.md).
 """
 
 from __future__ import annotations
