@@ -62,6 +62,7 @@ class Plan:
     tag_dir: str
     manifest: dict
     files: CheckpointFiles
+    module_names: list[str]  # the saved module tensors this rank's module holds (its stage's, in a pipeline)
     pieces: list[PieceLoad] = field(default_factory=list)
 
 
@@ -76,7 +77,7 @@ def _own_shapes(module: torch.nn.Module) -> dict[str, tuple[int, ...]]:
             for name, value in raw_state_dict(module, keep_vars=True).items() if isinstance(value, torch.Tensor)}
 
 
-def module_names(manifest: dict, engine) -> list[str]:
+def module_names(manifest: dict, engine, where: str) -> list[str]:
     """The saved module tensors this engine's module holds: all of them, or for a pipeline
     checkpoint those of this rank's stage. CheckpointError if the pipeline shapes differ."""
     pipeline = manifest.get("pipeline")
@@ -84,18 +85,13 @@ def module_names(manifest: dict, engine) -> list[str]:
         return list(manifest["module_tensors"])
     stages = getattr(engine, "num_stages", 1)
     if stages != pipeline["num_stages"]:
-        raise CheckpointError(f"the checkpoint was saved by a pipeline of {pipeline['num_stages']} stages and this "
-                              f"engine has {stages}; a pipeline checkpoint loads into the same number of stages "
-                              "(its layers are split the same way)")
+        raise CheckpointError(f"{where}: the checkpoint was saved by a pipeline of {pipeline['num_stages']} stages "
+                              f"and this engine has {stages}; a pipeline checkpoint loads into the same number "
+                              "of stages (its layers are split the same way)")
     return list(pipeline["stage_tensors"][str(engine.stage_id)])
 
 
-def _check_module(manifest: dict, engine, options: Options, where: str) -> None:
-    module = engine.module
-    try:
-        names = module_names(manifest, engine)
-    except CheckpointError as error:
-        raise CheckpointError(f"{where}: {error}") from None
+def _check_module(manifest: dict, names: list[str], module: torch.nn.Module, options: Options, where: str) -> None:
     saved = {name: tuple(manifest["module_tensors"][name]["shape"]) for name in names}
     own = _own_shapes(module)
     excluded = set(manifest.get("excluded_frozen_parameters", []))
@@ -175,10 +171,11 @@ def make_plan(engine, load_dir: str, tag, options: Options) -> Plan | None:
     tag, tag_dir = resolved
     manifest = layout.read_manifest(tag_dir)
     where = f"load_checkpoint({tag_dir})"
+    names = module_names(manifest, engine, where)
     if options.custom_load_fn is None:
-        _check_module(manifest, engine, options, where)
+        _check_module(manifest, names, engine.module, options, where)
     ModuleSource(manifest).check(where)
-    plan = Plan(tag, tag_dir, manifest, CheckpointFiles(tag_dir, manifest))
+    plan = Plan(tag, tag_dir, manifest, CheckpointFiles(tag_dir, manifest), names)
     if engine.optimizer is not None and not options.module_only:
         if not manifest.get("shards") or manifest.get("optimizer") is None:
             raise CheckpointError(f"{where}: the checkpoint holds no optimizer state; pass load_module_only=True")
@@ -230,13 +227,13 @@ def _load_module(engine, plan: Plan, options: Options) -> None:
         load_partitioned(engine.module, source, _filled_by_masters(engine, plan) if restoring else set())
         return
     if options.custom_load_fn is not None:  # whole tensors the function may keep: copies
-        state = {name: source.full(name) for name in module_names(plan.manifest, engine)}
+        state = {name: source.full(name) for name in plan.module_names}
         with gathered_module(engine.module, modify=True):
             options.custom_load_fn(src=state, dst=engine.module)
         return
     skipped = _rewritten_by_masters(engine, plan) if restoring else set()
     # Views of the mapped module file where the tensors are there: load_state_dict copies each once.
-    state = {name: source.tensor(name) for name in module_names(plan.manifest, engine) if name not in skipped}
+    state = {name: source.tensor(name) for name in plan.module_names if name not in skipped}
     excluded = set(plan.manifest.get("excluded_frozen_parameters", []))
     strict = options.strict and not excluded and not skipped  # names were checked in the plan phase
     with gathered_module(engine.module, modify=True):
