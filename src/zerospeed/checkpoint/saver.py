@@ -191,7 +191,6 @@ def _pipeline_stage(engine) -> tuple[int, int, bool] | None:
 def take_snapshot(engine, save_dir: str, tag: str, run_id: str, client_state: dict, save_latest: bool,
                   exclude_frozen: bool, clone: bool) -> Snapshot:
     """This rank's part of the checkpoint; tensors cloned to CPU when `clone` (async save)."""
-    started = time.perf_counter()
     rank, world = comm.get_rank(), comm.get_world_size()
     shard, pieces = _optimizer_pieces(engine, clone)
     rng_tensors, rng_facts = rng.capture()
@@ -216,7 +215,6 @@ def take_snapshot(engine, save_dir: str, tag: str, run_id: str, client_state: di
         snap.manifest = _manifest_base(engine, tag, module, excluded)
         if pipe is not None:
             snap.manifest.update(minor_version=layout.PIPELINE_MINOR_VERSION, pipeline={"num_stages": pipe[1]})
-    snap.stall_s = time.perf_counter() - started
     return snap
 
 
